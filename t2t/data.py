@@ -1,0 +1,427 @@
+"""Shards on disk: writing them (datagen) and reading them back.
+
+Layout of `data_dir/<problem>/` (DESIGN section 6):
+
+    meta.json            written last; its presence means the shards are complete
+    vocab/               vocabulary files of the modalities that learn one
+    train-000000.tar     WebDataset shards; sample `<key>` holds `<key>.inputs.<ext>` and
+    ...                  `<key>.targets.<ext>` as the modalities encoded them
+    .work/               datagen's resumable scratch space; removed when done
+
+Datagen runs in two stages. (1) The raw samples of a split are cut into chunks of
+`chunk_size`; worker processes encode each chunk and save it under .work/ (a killed run
+replays the problem's deterministic generator and skips finished chunks). (2) The kept
+samples are dealt into shards of equal size (counts differ by at most one) so that every
+DDP rank sees the same number of samples; shards are deterministic tar files (fixed mtime
+and owner), written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import inspect
+import itertools
+import json
+import os
+import pickle
+import shutil
+import tarfile
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import webdataset as wds
+from torch.utils.data import IterableDataset
+
+from t2t.errors import UserError
+from t2t.files import sha256_file, write_atomic
+from t2t.modality import Modality
+from t2t.problem import Problem
+
+ROLES = ("inputs", "targets")
+
+
+# -- fingerprint and meta.json ----------------------------------------------------------------
+
+
+def _source_files(problem: Problem) -> list[str]:
+    classes = [*type(problem).__mro__, *(type(getattr(problem, r)) for r in ROLES)]
+    files = set()
+    for cls in classes:
+        if cls is object or cls.__module__ == "builtins":
+            continue
+        try:
+            files.add(inspect.getsourcefile(cls))
+        except TypeError:
+            continue
+    return sorted(f for f in files if f)
+
+
+def fingerprint(problem: Problem, settings: dict[str, Any]) -> str:
+    """Hash of what determines the shards: the problem's and modalities' source, the
+    problem options, the datagen settings and the t2t version."""
+    import t2t
+
+    digest = hashlib.sha256()
+    for path in _source_files(problem):
+        digest.update(Path(path).read_bytes())
+    recipe = {"problem": problem.name, "options": problem.options, "settings": settings,
+              "version": t2t.__version__}
+    digest.update(json.dumps(recipe, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
+
+
+def read_meta(problem_dir: Path) -> dict[str, Any]:
+    path = Path(problem_dir) / "meta.json"
+    if not path.is_file():
+        raise UserError(f"no shards in {problem_dir} (no meta.json); run "
+                        f"`t2t-datagen problem={Path(problem_dir).name} data_dir=...` first")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path}:{error.lineno}: corrupt meta.json ({error.msg}); "
+                        f"delete it and run t2t-datagen again") from None
+
+
+def restore_vocabularies(problem: Problem, problem_dir: Path, meta: dict[str, Any]) -> None:
+    """Give the problem's modalities the vocabularies that datagen learned."""
+    for role in ROLES:
+        vocab = meta["modalities"][role].get("vocab")
+        if vocab:
+            getattr(problem, role).restore(Path(problem_dir) / vocab)
+
+
+def _shards_intact(problem_dir: Path, meta: dict[str, Any]) -> bool:
+    for split in meta["splits"].values():
+        for shard in split["shards"]:
+            path = problem_dir / shard["file"]
+            if not path.is_file() or path.stat().st_size != shard["bytes"]:
+                return False
+    return True
+
+
+# -- datagen ----------------------------------------------------------------------------------
+
+
+def generate(
+    problem: Problem,
+    data_dir: str | Path,
+    *,
+    samples_per_shard: int = 10_000,
+    chunk_size: int = 1000,
+    max_length: int | None = 256,
+    compress: bool = True,
+    workers: int = 1,
+    progress: bool = True,
+) -> Path:
+    """Write the shards of every split of `problem` under data_dir/<problem.name>/.
+
+    Does nothing when shards with the same fingerprint exist; resumes an interrupted run.
+    Returns the problem directory. The problem's modalities hold their vocabularies after.
+    """
+    problem_dir = Path(data_dir) / problem.name
+    settings = {"samples_per_shard": samples_per_shard, "max_length": max_length,
+                "compress": compress}
+    print_fn = _printer(progress)
+    fp = fingerprint(problem, settings)
+
+    if (problem_dir / "meta.json").is_file():
+        meta = read_meta(problem_dir)
+        if meta.get("fingerprint") == fp and _shards_intact(problem_dir, meta):
+            restore_vocabularies(problem, problem_dir, meta)
+            print_fn(f"{problem.name}: shards in {problem_dir} are up to date ({fp})")
+            return problem_dir
+        print_fn(f"{problem.name}: fingerprint changed or shards missing; regenerating")
+        _remove_outputs(problem_dir)
+
+    work = problem_dir / ".work"
+    if (work / "fingerprint").is_file() and (work / "fingerprint").read_text() != fp:
+        shutil.rmtree(work)  # scratch of a different recipe: useless
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "fingerprint").write_text(fp)
+
+    vocab_files = _fit_vocabularies(problem, problem_dir, work, print_fn)
+    meta: dict[str, Any] = {
+        "problem": problem.name,
+        "options": problem.options,
+        "fingerprint": fp,
+        "settings": settings,
+        "modalities": {
+            role: {"key": getattr(problem, role).key, "kind": getattr(problem, role).kind,
+                   "describe": getattr(problem, role).describe(),
+                   "extension": getattr(problem, role).extension,
+                   "vocab": vocab_files.get(role)}
+            for role in ROLES
+        },
+        "splits": {},
+    }
+    pool = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(problem, max_length)
+                               ) if workers > 1 else None
+    if pool is None:
+        _init_worker(problem, max_length)
+    try:
+        for split in problem.splits:
+            chunks, dropped = _encode_split(problem, split, work, chunk_size, pool, workers,
+                                            progress)
+            shards = _write_shards(problem, split, chunks, problem_dir, samples_per_shard,
+                                   compress)
+            meta["splits"][split] = {
+                "count": sum(s["count"] for s in shards),
+                "dropped": dropped,
+                "shards": shards,
+            }
+            print_fn(f"{problem.name}/{split}: {meta['splits'][split]['count']} samples in "
+                     f"{len(shards)} shard(s), dropped {dropped}")
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    write_atomic(problem_dir / "meta.json",
+                 json.dumps(meta, indent=2, default=str, ensure_ascii=False).encode())
+    shutil.rmtree(work)
+    return problem_dir
+
+
+def _printer(enabled: bool):
+    if not enabled:
+        return lambda message: None
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    return lambda message: console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+def _remove_outputs(problem_dir: Path) -> None:
+    (problem_dir / "meta.json").unlink(missing_ok=True)
+    for shard in [*problem_dir.glob("*.tar"), *problem_dir.glob("*.tar.gz")]:
+        shard.unlink()
+    shutil.rmtree(problem_dir / "vocab", ignore_errors=True)
+
+
+def _fit_vocabularies(problem: Problem, problem_dir: Path, work: Path, print_fn) -> dict:
+    """Fit each modality that needs a vocabulary on the training split; reuse a saved one.
+
+    A modality serving both roles (a joint vocabulary) is fitted once on both sides.
+    """
+    record_path = work / "vocab.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    files: dict[str, str] = {}
+    for role in ROLES:
+        modality: Modality = getattr(problem, role)
+        roles = [r for r in ROLES if getattr(problem, r) is modality]
+        if role in record:
+            modality.restore(problem_dir / record[role])
+        elif modality.needs_fit:
+            print_fn(f"{problem.name}: learning the {'+'.join(roles)} vocabulary "
+                     f"({modality.describe()}) from the training split")
+            values = (sample[r] for sample in problem.generate_samples("train") for r in roles)
+            path = modality.fit(values, problem_dir / "vocab")
+            for r in roles:
+                record[r] = str(path.relative_to(problem_dir))
+            write_atomic(record_path, json.dumps(record).encode())
+        if role in record:
+            files[role] = record[role]
+    return files
+
+
+# Worker-side state: set once per process by the pool initializer (or in-process).
+_worker: dict[str, Any] = {}
+
+
+def _init_worker(problem: Problem, max_length: int | None) -> None:
+    _worker.update(problem=problem, max_length=max_length)
+
+
+def _encode_chunk(split: str, first_index: int, raws: list[dict], path: Path) -> dict[str, int]:
+    problem: Problem = _worker["problem"]
+    max_length = _worker["max_length"]
+    samples, dropped = [], {"empty": 0, "too_long": 0}
+    for offset, raw in enumerate(raws):
+        index = first_index + offset
+        if not isinstance(raw, dict) or not all(r in raw for r in ROLES):
+            raise UserError(f"problem {problem.name}: sample {index} of split {split} is "
+                            f"{type(raw).__name__} {str(raw)[:80]!r}; generate_samples must "
+                            f"yield dicts with 'inputs' and 'targets'")
+        encoded = {r: getattr(problem, r).encode(raw[r]) for r in ROLES}
+        lengths = [getattr(problem, r).length(encoded[r]) for r in ROLES]
+        if min(lengths) == 0:
+            dropped["empty"] += 1
+        elif max_length is not None and max(lengths) > max_length:
+            dropped["too_long"] += 1
+        else:
+            samples.append((index, encoded["inputs"], encoded["targets"]))
+    write_atomic(path, pickle.dumps({"samples": samples, "dropped": dropped}))
+    return dropped
+
+
+def _encode_split(
+    problem: Problem, split: str, work: Path, chunk_size: int,
+    pool: ProcessPoolExecutor | None, workers: int, progress: bool,
+) -> tuple[list[Path], dict[str, int]]:
+    """Stage 1: encode the split chunk by chunk, in parallel; skip chunks already on disk."""
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    chunks: list[Path] = []
+    pending: list[Future] = []
+    columns = (SpinnerColumn(), TextColumn("{task.description}"),
+               TextColumn("{task.completed} samples"), TimeElapsedColumn())
+    console = Console(stderr=True)
+    # A live bar only on a terminal; logs get the per-split summary lines instead.
+    with Progress(*columns, console=console, transient=True,
+                  disable=not (progress and console.is_terminal)) as bar:
+        task = bar.add_task(f"{problem.name}/{split}", total=None)
+        samples = iter(problem.generate_samples(split))
+        for chunk_index in itertools.count():
+            raws = list(itertools.islice(samples, chunk_size))
+            if not raws:
+                break
+            path = work / f"{split}-{chunk_index:06d}.pkl"
+            chunks.append(path)
+            if not path.is_file():
+                args = (split, chunk_index * chunk_size, raws, path)
+                if pool is None:
+                    _encode_chunk(*args)
+                else:
+                    pending.append(pool.submit(_encode_chunk, *args))
+                    # Bound the raw samples held in memory by the pool's queue.
+                    while len(pending) >= 2 * workers:
+                        pending.pop(0).result()
+            bar.advance(task, len(raws))
+        for future in pending:
+            future.result()
+    dropped = {"empty": 0, "too_long": 0}
+    for path in chunks:
+        for reason, count in pickle.loads(path.read_bytes())["dropped"].items():
+            dropped[reason] += count
+    return chunks, dropped
+
+
+def _chunk_samples(chunks: list[Path]) -> Iterator[tuple[int, bytes, bytes]]:
+    for path in chunks:
+        yield from pickle.loads(path.read_bytes())["samples"]
+
+
+def _write_shards(
+    problem: Problem, split: str, chunks: list[Path], problem_dir: Path, samples_per_shard: int,
+    compress: bool,
+) -> list[dict[str, Any]]:
+    """Stage 2: deal the kept samples, in order, into shards of equal size.
+
+    Tar spends 1 KiB of headers and padding per sample, more than a sentence's ids, so by
+    default shards are gzipped (`.tar.gz`; WebDataset reads both). Fixed mtimes in the gzip
+    and tar headers make the bytes depend on the samples only.
+    """
+    total = sum(len(pickle.loads(p.read_bytes())["samples"]) for p in chunks)
+    if total == 0:
+        raise UserError(f"problem {problem.name}: split {split} has no samples left "
+                        f"(all empty or longer than max_length)")
+    num_shards = max(1, round(total / samples_per_shard))
+    sizes = [total // num_shards + (i < total % num_shards) for i in range(num_shards)]
+    extensions = {r: getattr(problem, r).extension for r in ROLES}
+    samples = _chunk_samples(chunks)
+    shards = []
+    for shard_index, size in enumerate(sizes):
+        name = f"{split}-{shard_index:06d}.tar" + (".gz" if compress else "")
+        tmp = problem_dir / (name + ".tmp")
+        with open(tmp, "wb") as f, (gzip.GzipFile(fileobj=f, mode="wb", mtime=0, filename="")
+                                    if compress else contextlib.nullcontext(f)) as stream:
+            writer = wds.TarWriter(stream, user="t2t", group="t2t", mtime=0.0, encoder=False,
+                                   format=tarfile.USTAR_FORMAT)
+            for index, inputs, targets in itertools.islice(samples, size):
+                writer.write({"__key__": f"{index:09d}",
+                              f"inputs.{extensions['inputs']}": inputs,
+                              f"targets.{extensions['targets']}": targets})
+            writer.close()
+        os.replace(tmp, problem_dir / name)
+        path = problem_dir / name
+        shards.append({"file": name, "count": size, "bytes": path.stat().st_size,
+                       "sha256": sha256_file(path)})
+    return shards
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+class CorruptShardError(UserError):
+    pass
+
+
+_verified: set[tuple[str, int, float]] = set()
+
+
+def verify_shard(path: str | Path, sha256: str) -> None:
+    """Raise CorruptShardError naming the file when its sha256 is not the recorded one."""
+    path = Path(path)
+    if not path.is_file():
+        raise CorruptShardError(f"shard {path} is missing; run t2t-datagen again to rebuild it")
+    stat = path.stat()
+    if (str(path), stat.st_size, stat.st_mtime) in _verified:
+        return  # once per process and file version: epochs re-read shards
+    actual = sha256_file(path)
+    if actual != sha256:
+        raise CorruptShardError(
+            f"shard {path} is corrupt or truncated (sha256 {actual[:16]}..., meta.json says "
+            f"{sha256[:16]}...); delete it and run t2t-datagen again to rebuild it"
+        )
+    _verified.add((str(path), stat.st_size, stat.st_mtime))
+
+
+def split_shards(problem_dir: Path, split: str, meta: dict[str, Any] | None = None) -> list[dict]:
+    """[{"url": path, "sha256": ..., "count": ...}] for one split, in order."""
+    meta = meta or read_meta(problem_dir)
+    if split not in meta["splits"]:
+        raise UserError(f"problem {meta['problem']} has no split '{split}'; "
+                        f"it has: {', '.join(meta['splits'])}")
+    return [{"url": str(Path(problem_dir) / s["file"]), "sha256": s["sha256"], "count": s["count"]}
+            for s in meta["splits"][split]["shards"]]
+
+
+class _ShardList(IterableDataset):
+    """Pipeline source: shard records (url, sha256, count) rather than bare URLs."""
+
+    def __init__(self, shards: list[dict]):
+        self.shards = shards
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter([dict(shard) for shard in self.shards])
+
+
+def _verified_shards(shards: Iterable[dict]) -> Iterator[dict]:
+    for shard in shards:
+        verify_shard(shard["url"], shard["sha256"])
+        yield shard
+
+
+def _fields(samples: Iterable[dict]) -> Iterator[dict[str, Any]]:
+    """WebDataset sample {"__key__", "inputs.ids", ...} -> {"key", "inputs", "targets"} bytes."""
+    for sample in samples:
+        out = {"key": sample["__key__"]}
+        for name, value in sample.items():
+            role = name.split(".", 1)[0]
+            if role in ROLES:
+                out[role] = value
+        yield out
+
+
+def shard_pipeline(shards: list[dict], *, split_by_node: bool = True) -> wds.DataPipeline:
+    """Stream raw samples from shards: split across DDP ranks and loader workers, each shard
+    checked against its sha256 before it is read."""
+    stages: list[Any] = [_ShardList(shards)]
+    if split_by_node:
+        stages.append(wds.split_by_node)
+    stages += [wds.split_by_worker, _verified_shards, wds.tarfile_to_samples(), _fields]
+    return wds.DataPipeline(*stages)
+
+
+def read_split(problem: Problem, problem_dir: Path, split: str) -> Iterator[dict[str, Any]]:
+    """All samples of a split in order, as tensors: {"key", "inputs", "targets"}. For
+    evaluation and tests; training uses the DataModule."""
+    meta = read_meta(problem_dir)
+    restore_vocabularies(problem, problem_dir, meta)
+    for sample in shard_pipeline(split_shards(problem_dir, split, meta), split_by_node=False):
+        yield {"key": sample["key"],
+               **{r: getattr(problem, r).load(sample[r]) for r in ROLES}}
+

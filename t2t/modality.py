@@ -1,0 +1,70 @@
+"""Modality base class: how one kind of data becomes stored bytes, tensors, and back."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+class Modality:
+    """One kind of data (text, image, audio, RNA...).
+
+    A modality instance belongs to one problem instance (problems copy their class-level
+    modalities, see `Problem.__new__`), so `fit` may store a vocabulary on it.
+
+    Life cycle: `fit` (optional, once, on the training split) -> `encode` in datagen ->
+    `load` in data workers -> `bottom`/`top` on the device -> `decode` of predictions.
+    """
+
+    kind: ClassVar[str] = ""  # short name: "text", "image", ...
+    extension: ClassVar[str] = "bin"  # suffix of the stored value inside a shard
+
+    @property
+    def key(self) -> str:
+        """Stable identity (kind + options + vocabulary hash): equal keys share weights."""
+        raise NotImplementedError
+
+    @property
+    def needs_fit(self) -> bool:
+        """True when `encode` needs a vocabulary learned from the training split first."""
+        return False
+
+    def fit(self, samples: Iterable[Any], vocab_dir: Path) -> Path:
+        """Learn a vocabulary from raw training values, save it under vocab_dir, return its path."""
+        raise NotImplementedError(f"{type(self).__name__} has nothing to fit")
+
+    def restore(self, vocab_file: Path) -> None:
+        """Load the vocabulary that `fit` saved."""
+        raise NotImplementedError(f"{type(self).__name__} has no vocabulary to restore")
+
+    def encode(self, raw: Any) -> bytes:
+        """Raw value -> the compact bytes stored in a shard."""
+        raise NotImplementedError
+
+    def load(self, data: bytes) -> torch.Tensor:
+        """Stored bytes -> tensor; runs in data-loader workers."""
+        raise NotImplementedError
+
+    def length(self, data: bytes) -> int:
+        """Sequence length the model sees for this stored value (for filtering and bucketing)."""
+        return len(self.load(data))
+
+    def decode(self, ids: Any) -> Any:
+        """Model output ids -> raw value (only for modalities used as targets)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be a target")
+
+    def bottom(self, d_model: int) -> nn.Module:
+        """Module mapping a batch of loaded tensors to (B, T, d_model) embeddings."""
+        raise NotImplementedError
+
+    def top(self, d_model: int) -> nn.Module:
+        """Module mapping (B, T, d_model) hidden states to (B, T, vocab) logits."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """Short human-readable form for listings, e.g. 'text(sentencepiece 8000)'."""
+        return self.kind

@@ -1,0 +1,358 @@
+"""The shared Transformer body: a pre-norm encoder-decoder that every problem runs through.
+
+Read top to bottom: config -> position encodings -> attention -> layers -> KV cache ->
+`Transformer`. Token embeddings (bottoms) and output projections (tops) live in the
+modalities; this body sees and returns `(B, T, C)` hidden states only. Two small pieces
+tell it which problem it is solving: a learned problem token prepended to the encoder
+input, and a learned per-problem BOS vector as the decoder's first input.
+
+Shapes: B batch, S source length, T target length, C d_model, H heads, Dh = C // H.
+Masks follow two conventions: `pad_mask` arguments are True at padding (like the data
+pipeline), masks handed to SDPA are True where attention is allowed (like SDPA).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
+
+
+@dataclass
+class ModelConfig:
+    d_model: int = 512  # width of every hidden state (C)
+    num_heads: int = 8  # attention heads; d_model must divide evenly
+    num_encoder_layers: int = 6  # encoder depth
+    num_decoder_layers: int = 6  # decoder depth
+    d_ff: int = 2048  # hidden width of the feed-forward block
+    dropout: float = 0.1  # on embeddings + positions and on every residual branch
+    attention_dropout: float = 0.0  # on attention probabilities (training only)
+    max_positions: int = 4096  # longest sequence the position table covers (incl. extra token)
+    norm_eps: float = 1e-6  # LayerNorm epsilon (tensor2tensor used 1e-6)
+    activation: str = "gelu"  # feed-forward nonlinearity: "gelu" or "relu"
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.num_heads:
+            raise ValueError(
+                f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}"
+            )
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}"
+            )
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(d_model=64, num_heads=4, num_encoder_layers=2, num_decoder_layers=2,
+                        d_ff=256, dropout=0.0),
+    "small": ModelConfig(d_model=256, num_heads=4, num_encoder_layers=3, num_decoder_layers=3,
+                         d_ff=1024, dropout=0.1),
+    "base": ModelConfig(),
+    "big": ModelConfig(d_model=1024, num_heads=16, num_encoder_layers=6, num_decoder_layers=6,
+                       d_ff=4096, dropout=0.3),
+}
+
+
+def timing_signal(length: int, channels: int, min_timescale: float = 1.0,
+                  max_timescale: float = 1.0e4) -> Tensor:
+    """Sinusoidal position table (length, channels), as tensor2tensor's get_timing_signal_1d."""
+    # First half of the channels are sines, second half cosines, over geometrically
+    # spaced timescales; unlike the interleaved variant of the paper, but what t2t shipped.
+    num_timescales = channels // 2
+    log_increment = math.log(max_timescale / min_timescale) / max(num_timescales - 1, 1)
+    inv_timescales = min_timescale * torch.exp(torch.arange(num_timescales) * -log_increment)
+    scaled_time = torch.arange(length)[:, None] * inv_timescales[None, :]  # (L, C/2)
+    signal = torch.cat([torch.sin(scaled_time), torch.cos(scaled_time)], dim=1)
+    return F.pad(signal, (0, channels % 2))  # (L, C); a zero column when C is odd
+
+
+def split_heads(x: Tensor, num_heads: int) -> Tensor:
+    B, T, C = x.shape
+    return x.view(B, T, num_heads, C // num_heads).transpose(1, 2)  # (B, H, T, Dh)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    B, H, T, Dh = x.shape
+    return x.transpose(1, 2).reshape(B, T, H * Dh)  # (B, T, C)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, d_model: int, num_heads: int, attention_dropout: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.attention_dropout = attention_dropout
+        self.qkv = nn.Linear(d_model, 3 * d_model)  # fused: one matmul instead of three
+        self.out = nn.Linear(d_model, d_model)
+
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        H = self.num_heads
+        return split_heads(q, H), split_heads(k, H), split_heads(v, H)  # (B, H, T, Dh) each
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False,
+                cache: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        # x (B, T, C). With a cache, the new K/V are written at the start of it (prefill).
+        q, k, v = self.project(x)  # (B, H, T, Dh) each
+        if cache is not None:
+            T = x.size(1)
+            cache[0][:, :, :T] = k
+            cache[1][:, :, :T] = v
+        p = self.attention_dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p,
+                                           is_causal=is_causal)
+        return self.out(merge_heads(y))  # (B, T, C)
+
+    def step(self, x: Tensor, k_cache: Tensor, v_cache: Tensor, pos: int) -> Tensor:
+        # x (B, 1, C) at position `pos`: store its K/V, attend over positions 0..pos.
+        # No mask needed: everything already in the cache is in the past.
+        q, k, v = self.project(x)  # (B, H, 1, Dh) each
+        k_cache[:, :, pos] = k[:, :, 0]
+        v_cache[:, :, pos] = v[:, :, 0]
+        y = F.scaled_dot_product_attention(q, k_cache[:, :, : pos + 1], v_cache[:, :, : pos + 1])
+        return self.out(merge_heads(y))  # (B, 1, C)
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, d_model: int, num_heads: int, attention_dropout: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.attention_dropout = attention_dropout
+        self.q = nn.Linear(d_model, d_model)
+        self.kv = nn.Linear(d_model, 2 * d_model)  # separate, so memory K/V are computed once
+        self.out = nn.Linear(d_model, d_model)
+
+    def project_memory(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        k, v = self.kv(memory).chunk(2, dim=-1)  # (B, S, C) each
+        return split_heads(k, self.num_heads), split_heads(v, self.num_heads)  # (B, H, S, Dh)
+
+    def forward(self, x: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor) -> Tensor:
+        q = split_heads(self.q(x), self.num_heads)  # (B, H, T, Dh)
+        p = self.attention_dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
+        return self.out(merge_heads(y))  # (B, T, C)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d_model: int, d_ff: int, activation: str):
+        super().__init__()
+        self.up = nn.Linear(d_model, d_ff)
+        self.down = nn.Linear(d_ff, d_model)
+        self.activation = ACTIVATIONS[activation]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(self.activation(self.up(x)))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        c = config
+        self.norm1 = nn.LayerNorm(c.d_model, eps=c.norm_eps)
+        self.attn = SelfAttention(c.d_model, c.num_heads, c.attention_dropout)
+        self.norm2 = nn.LayerNorm(c.d_model, eps=c.norm_eps)
+        self.ff = FeedForward(c.d_model, c.d_ff, c.activation)
+        self.drop = nn.Dropout(c.dropout)
+
+    def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
+        # Pre-norm: the residual stream is never normalised, which keeps deep stacks stable
+        # without learning-rate warmup tricks; the stack's final LayerNorm cleans up.
+        x = x + self.drop(self.attn(self.norm1(x), attn_mask=attn_mask))
+        x = x + self.drop(self.ff(self.norm2(x)))
+        return x  # (B, S, C)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        c = config
+        self.norm1 = nn.LayerNorm(c.d_model, eps=c.norm_eps)
+        self.self_attn = SelfAttention(c.d_model, c.num_heads, c.attention_dropout)
+        self.norm2 = nn.LayerNorm(c.d_model, eps=c.norm_eps)
+        self.cross_attn = CrossAttention(c.d_model, c.num_heads, c.attention_dropout)
+        self.norm3 = nn.LayerNorm(c.d_model, eps=c.norm_eps)
+        self.ff = FeedForward(c.d_model, c.d_ff, c.activation)
+        self.drop = nn.Dropout(c.dropout)
+
+    def forward(self, x: Tensor, memory_kv: tuple[Tensor, Tensor], memory_mask: Tensor,
+                cache: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        # Teacher forcing over all T positions at once; is_causal lets SDPA pick fused kernels.
+        x = x + self.drop(self.self_attn(self.norm1(x), is_causal=True, cache=cache))
+        x = x + self.drop(self.cross_attn(self.norm2(x), *memory_kv, attn_mask=memory_mask))
+        x = x + self.drop(self.ff(self.norm3(x)))
+        return x  # (B, T, C)
+
+    def step(self, x: Tensor, k_cache: Tensor, v_cache: Tensor, pos: int,
+             memory_kv: tuple[Tensor, Tensor], memory_mask: Tensor) -> Tensor:
+        x = x + self.drop(self.self_attn.step(self.norm1(x), k_cache, v_cache, pos))
+        x = x + self.drop(self.cross_attn(self.norm2(x), *memory_kv, attn_mask=memory_mask))
+        x = x + self.drop(self.ff(self.norm3(x)))
+        return x  # (B, 1, C)
+
+
+@dataclass
+class KVCache:
+    """Decoder state for incremental decoding, one entry per decoder layer.
+
+    Self-attention K/V are preallocated to `max_length` and filled one position per
+    `decode_step`; cross-attention K/V are projected from the memory once.
+    """
+
+    self_k: list[Tensor]  # per layer (B, H, max_length, Dh)
+    self_v: list[Tensor]  # per layer (B, H, max_length, Dh)
+    cross_k: list[Tensor]  # per layer (B, H, S+1, Dh)
+    cross_v: list[Tensor]  # per layer (B, H, S+1, Dh)
+    memory_mask: Tensor  # (B, 1, 1, S+1) bool, True = may attend
+    length: int = 0  # decoder positions already in the cache
+
+    @property
+    def max_length(self) -> int:
+        return self.self_k[0].size(2)
+
+    @property
+    def batch_size(self) -> int:
+        return self.memory_mask.size(0)
+
+    def reorder(self, index: Tensor) -> None:
+        """Select batch rows in place: `index` (B',) long; for beam expansion and reordering."""
+        index = index.to(self.memory_mask.device)
+        for tensors in (self.self_k, self.self_v, self.cross_k, self.cross_v):
+            tensors[:] = [t.index_select(0, index) for t in tensors]
+        self.memory_mask = self.memory_mask.index_select(0, index)
+
+
+class Transformer(nn.Module):
+    """Encoder-decoder body shared by all problems; see the module docstring for shapes."""
+
+    def __init__(self, config: ModelConfig, num_problems: int = 1):
+        super().__init__()
+        self.config = config
+        c = config
+        self.problem_embedding = nn.Embedding(num_problems, c.d_model)  # prepended to the source
+        self.bos = nn.Embedding(num_problems, c.d_model)  # first decoder input, per problem
+        self.encoder = nn.ModuleList(EncoderLayer(c) for _ in range(c.num_encoder_layers))
+        self.encoder_norm = nn.LayerNorm(c.d_model, eps=c.norm_eps)
+        self.decoder = nn.ModuleList(DecoderLayer(c) for _ in range(c.num_decoder_layers))
+        self.decoder_norm = nn.LayerNorm(c.d_model, eps=c.norm_eps)
+        self.drop = nn.Dropout(c.dropout)
+        # Not persistent: it is a pure function of the config, no need to save it.
+        self.register_buffer("positions", timing_signal(c.max_positions, c.d_model),
+                             persistent=False)
+        self.apply(self._init_weights)
+        # The problem token and BOS stand in for embedded tokens, which modalities scale to
+        # roughly unit size per channel; at std 0.02 they would drown in the position signal.
+        nn.init.normal_(self.problem_embedding.weight, std=1.0)
+        nn.init.normal_(self.bos.weight, std=1.0)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+
+    def num_parameters(self) -> int:
+        """Number of trainable parameters of the body (no bottoms or tops)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def _add_positions(self, x: Tensor, start: int = 0) -> Tensor:
+        # x (B, T, C) holds positions start..start+T-1.
+        end = start + x.size(1)
+        if end > self.config.max_positions:
+            raise ValueError(f"sequence reaches position {end}, beyond "
+                             f"max_positions={self.config.max_positions}")
+        return self.drop(x + self.positions[start:end].to(x.dtype))
+
+    def encode(self, x: Tensor, pad_mask: Tensor, problem: Tensor) -> tuple[Tensor, Tensor]:
+        """Run the encoder over embedded inputs with the problem token in front.
+
+        x: (B, S, C) embedded inputs; pad_mask: (B, S) bool, True = padding;
+        problem: (B,) long problem ids. Returns (memory (B, S+1, C), memory_pad_mask (B, S+1)).
+        """
+        B = x.size(0)
+        token = self.problem_embedding(problem)[:, None, :].to(x.dtype)  # (B, 1, C)
+        x = torch.cat([token, x], dim=1)  # (B, S+1, C)
+        # The problem token is never padding, so every row has a key to attend to and
+        # softmax never sees an all-masked row (which would give NaN).
+        pad_mask = torch.cat([pad_mask.new_zeros(B, 1), pad_mask.bool()], dim=1)  # (B, S+1)
+        attn_mask = ~pad_mask[:, None, None, :]  # (B, 1, 1, S+1), True = attend
+        x = self._add_positions(x)
+        for layer in self.encoder:
+            x = layer(x, attn_mask)
+        return self.encoder_norm(x), pad_mask
+
+    def decode(self, y: Tensor, memory: Tensor, memory_pad_mask: Tensor, problem: Tensor,
+               cache: KVCache | None = None) -> Tensor:
+        """Teacher-forced decoder pass; the per-problem BOS is prepended here.
+
+        y: (B, T, C) embedded target tokens 1..T (no BOS, no shift: pass the whole target).
+        Returns (B, T+1, C) hidden states where position t predicts target token t+1
+        (1-based): position 0 (the BOS) predicts the first token and position T, after the
+        last token, predicts EOS. So logits over all T+1 positions are compared with
+        `targets + [EOS]`.
+        With `cache` (fresh from `new_cache`), it also fills the cache, so `decode_step`
+        can continue after y (decoding forced to start with a given prefix).
+        """
+        x = torch.cat([self.bos(problem)[:, None, :].to(y.dtype), y], dim=1)  # (B, T+1, C)
+        x = self._add_positions(x)
+        if cache is None:
+            memory_mask = ~memory_pad_mask[:, None, None, :]  # (B, 1, 1, S+1)
+            for layer in self.decoder:
+                x = layer(x, layer.cross_attn.project_memory(memory), memory_mask)
+        else:
+            if cache.length != 0:
+                raise ValueError("decode with a cache needs a fresh one (length 0)")
+            if x.size(1) > cache.max_length:
+                raise ValueError(f"{x.size(1)} positions do not fit a cache of {cache.max_length}")
+            for i, layer in enumerate(self.decoder):
+                x = layer(x, (cache.cross_k[i], cache.cross_v[i]), cache.memory_mask,
+                          cache=(cache.self_k[i], cache.self_v[i]))
+            cache.length = x.size(1)
+        return self.decoder_norm(x)
+
+    def new_cache(self, memory: Tensor, memory_pad_mask: Tensor, max_length: int) -> KVCache:
+        """Empty cache for up to `max_length` decoder positions (BOS included).
+
+        memory: (B, S+1, C) and memory_pad_mask: (B, S+1) as returned by `encode`.
+        """
+        c = self.config
+        B = memory.size(0)
+        cross_k, cross_v = [], []
+        for layer in self.decoder:
+            k, v = layer.cross_attn.project_memory(memory)  # (B, H, S+1, Dh)
+            cross_k.append(k)
+            cross_v.append(v)
+        # Same dtype as the projections, so autocast-ed K/V are stored without a cast.
+        shape = (B, c.num_heads, max_length, c.d_model // c.num_heads)
+        dtype = cross_k[0].dtype if cross_k else memory.dtype
+        self_k = [memory.new_zeros(shape, dtype=dtype) for _ in self.decoder]
+        self_v = [memory.new_zeros(shape, dtype=dtype) for _ in self.decoder]
+        memory_mask = ~memory_pad_mask.bool()[:, None, None, :]  # (B, 1, 1, S+1)
+        return KVCache(self_k, self_v, cross_k, cross_v, memory_mask)
+
+    def decode_step(self, y: Tensor | None, cache: KVCache, problem: Tensor) -> Tensor:
+        """One incremental decoder step at position `cache.length`, which it then advances.
+
+        y: (B, 1, C) embedding of the last emitted token, or None on the first step (the
+        BOS of `problem` (B,) is used). Returns (B, C): the hidden state that predicts the
+        next token, equal to the matching position of `decode`.
+        """
+        pos = cache.length
+        if (y is None) != (pos == 0):
+            raise ValueError("decode_step takes y=None exactly on the first step (cache.length 0)")
+        if pos >= cache.max_length:
+            raise ValueError(f"cache is full: max_length={cache.max_length}")
+        if y is None:
+            y = self.bos(problem)[:, None, :]  # (B, 1, C)
+        x = self._add_positions(y, start=pos)  # (B, 1, C)
+        for i, layer in enumerate(self.decoder):
+            x = layer.step(x, cache.self_k[i], cache.self_v[i], pos,
+                           (cache.cross_k[i], cache.cross_v[i]), cache.memory_mask)
+        cache.length = pos + 1
+        return self.decoder_norm(x)[:, 0]  # (B, C)

@@ -1,0 +1,110 @@
+"""Problem base class: what a task declares, and nothing more."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import typing
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+from t2t.errors import UserError, unknown_name
+from t2t.modality import Modality
+
+
+class Problem:
+    """A task mapping raw inputs of one modality to raw targets of another.
+
+    Subclass it, register it with `@register_problem("name")`, and declare:
+      - `inputs`, `targets`: Modality instances (class attributes, or set in `__init__`
+        when they depend on options)
+      - `splits`, `metrics` (names from `t2t.metrics`)
+      - options as keyword-only `__init__` arguments with types and defaults
+      - `generate_samples(split)`, yielding `{"inputs": raw, "targets": raw}`; it must be
+        deterministic for a given split and options (datagen resumes by replaying it)
+    Optional: `download(raw_dir)`, `verify(inputs, prediction)`.
+    The first line of the class docstring is the description `t2t-problems` shows.
+    """
+
+    name: ClassVar[str] = ""  # set by @register_problem
+    inputs: Modality
+    targets: Modality
+    splits: ClassVar[tuple[str, ...]] = ("train", "validation", "test")
+    metrics: ClassVar[tuple[str, ...]] = ()
+
+    def __new__(cls, *args: Any, **options: Any) -> Problem:
+        # Done here rather than in __init__ so that subclasses need not call super().__init__.
+        self = super().__new__(cls)
+        self.options = cls._check_options(args, options)
+        # Each instance gets its own modalities: fitting a vocabulary must not leak into
+        # other instances. One memo keeps `inputs is targets` (a joint vocabulary) intact.
+        memo: dict[int, Any] = {}
+        for role in ("inputs", "targets"):
+            modality = getattr(cls, role, None)
+            if isinstance(modality, Modality):
+                setattr(self, role, copy.deepcopy(modality, memo))
+        return self
+
+    def generate_samples(self, split: str) -> Iterator[dict[str, Any]]:
+        """Yield {"inputs": raw, "targets": raw} for one split."""
+        raise NotImplementedError(f"{type(self).__name__}.generate_samples")
+
+    def verify(self, inputs: Any, prediction: Any) -> float:
+        """Score a prediction without a reference, 1.0 = correct (for best-of-N decoding)."""
+        raise NotImplementedError(f"{type(self).__name__} has no verifier")
+
+    @classmethod
+    def option_specs(cls) -> dict[str, tuple[Any, Any]]:
+        """Option name -> (type annotation, default), from the keyword arguments of __init__."""
+        if cls.__init__ is object.__init__:
+            return {}
+        hints = typing.get_type_hints(cls.__init__)
+        specs = {}
+        for param in inspect.signature(cls.__init__).parameters.values():
+            if param.name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                continue
+            if param.kind is param.POSITIONAL_ONLY:
+                raise TypeError(f"{cls.__name__}: problem options must be keyword arguments")
+            default = None if param.default is param.empty else param.default
+            specs[param.name] = (hints.get(param.name, Any), default)
+        return specs
+
+    @classmethod
+    def _check_options(cls, args: tuple, options: dict[str, Any]) -> dict[str, Any]:
+        if args:
+            raise TypeError(f"{cls.__name__} takes options as keyword arguments only")
+        specs = cls.option_specs()
+        for key in options:
+            if key not in specs:
+                known = ", ".join(specs) or "none"
+                raise unknown_name(f"option for problem {cls.problem_name()}", key, specs,
+                                   f"its options: {known}")
+        values = {name: options.get(name, default) for name, (_, default) in specs.items()}
+        for name, value in values.items():
+            annotation = specs[name][0]
+            if typing.get_origin(annotation) is typing.Literal and value not in typing.get_args(
+                annotation
+            ):
+                choices = ", ".join(map(str, typing.get_args(annotation)))
+                raise UserError(f"problem {cls.problem_name()}: option {name}={value!r} "
+                                f"is not one of: {choices}")
+        return values
+
+    @classmethod
+    def problem_name(cls) -> str:
+        from t2t.registry import snake_case
+
+        return cls.name or snake_case(cls.__name__)
+
+    @classmethod
+    def description(cls) -> str:
+        doc = inspect.getdoc(cls)
+        return doc.splitlines()[0] if doc and cls.__doc__ else ""
+
+
+def resolve_raw_dir(raw_dir: str | Path | None, problem_name: str) -> Path:
+    """Where a problem's raw files live: the given raw_dir, or a per-problem download cache."""
+    if raw_dir:
+        return Path(raw_dir).expanduser()
+    return Path("~/.cache/t2t/raw").expanduser() / problem_name

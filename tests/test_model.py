@@ -1,0 +1,175 @@
+"""The shared Transformer body: caching, masking, problem conditioning, sizes."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from t2t.model import PRESETS, ModelConfig, Transformer
+
+REPO = Path(__file__).resolve().parents[1]
+B, S, T = 3, 7, 5
+
+
+@pytest.fixture
+def model() -> Transformer:
+    torch.manual_seed(0)
+    return Transformer(PRESETS["tiny"], num_problems=3).eval()
+
+
+def make_batch(d_model: int = 64):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(B, S, d_model, generator=g)
+    lengths = torch.tensor([S, 4, 2])
+    pad_mask = torch.arange(S)[None, :] >= lengths[:, None]  # (B, S), True = padding
+    y = torch.randn(B, T, d_model, generator=g)
+    problem = torch.tensor([0, 1, 2])
+    return x, pad_mask, y, problem
+
+
+def full_decode(model, x, pad_mask, y, problem):
+    memory, memory_pad_mask = model.encode(x, pad_mask, problem)
+    return model.decode(y, memory, memory_pad_mask, problem)  # (B, T+1, C)
+
+
+def stepwise_decode(model, x, pad_mask, y, problem, max_length=T + 1):
+    memory, memory_pad_mask = model.encode(x, pad_mask, problem)
+    cache = model.new_cache(memory, memory_pad_mask, max_length)
+    outs = [model.decode_step(None, cache, problem)]
+    for t in range(y.size(1)):
+        outs.append(model.decode_step(y[:, t : t + 1], cache, problem))
+    return torch.stack(outs, dim=1), cache
+
+
+@torch.no_grad()
+def test_incremental_decoding_matches_teacher_forcing(model):
+    x, pad_mask, y, problem = make_batch()
+    full = full_decode(model, x, pad_mask, y, problem)
+    steps, cache = stepwise_decode(model, x, pad_mask, y, problem, max_length=T + 4)
+    assert full.shape == steps.shape == (B, T + 1, 64)
+    assert cache.length == T + 1
+    torch.testing.assert_close(steps, full, atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_decode_with_cache_prefills_for_decode_step(model):
+    x, pad_mask, y, problem = make_batch()
+    full = full_decode(model, x, pad_mask, y, problem)
+    memory, memory_pad_mask = model.encode(x, pad_mask, problem)
+    cache = model.new_cache(memory, memory_pad_mask, T + 1)
+    prefix = model.decode(y[:, :2], memory, memory_pad_mask, problem, cache=cache)
+    assert cache.length == 3
+    rest = [model.decode_step(y[:, t : t + 1], cache, problem) for t in range(2, T)]
+    torch.testing.assert_close(prefix, full[:, :3], atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.stack(rest, 1), full[:, 3:], atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_decoder_is_causal(model):
+    x, pad_mask, y, problem = make_batch()
+    before = full_decode(model, x, pad_mask, y, problem)
+    y2 = y.clone()
+    # Random, not a constant shift: LayerNorm would cancel a constant exactly.
+    y2[:, 2] = torch.randn(B, 64)  # decoder input position 3 (position 0 is BOS)
+    after = full_decode(model, x, pad_mask, y2, problem)
+    torch.testing.assert_close(after[:, :3], before[:, :3], atol=1e-6, rtol=0)
+    assert not torch.allclose(after[:, 3], before[:, 3], atol=1e-4)
+
+
+@torch.no_grad()
+def test_encoder_padding_does_not_change_outputs(model):
+    x, pad_mask, y, problem = make_batch()
+    before = full_decode(model, x, pad_mask, y, problem)
+    # Extra padded frames full of garbage, and garbage in the existing padding too.
+    junk = 100 * torch.randn(B, 3, 64)
+    x2 = torch.cat([torch.where(pad_mask[..., None], 50.0, x), junk], dim=1)
+    pad2 = torch.cat([pad_mask, torch.ones(B, 3, dtype=torch.bool)], dim=1)
+    after = full_decode(model, x2, pad2, y, problem)
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_fully_padded_input_gives_finite_outputs(model):
+    x, pad_mask, y, problem = make_batch()
+    pad_mask[1] = True  # the problem token is still there to attend to
+    out = full_decode(model, x, pad_mask, y, problem)
+    assert torch.isfinite(out).all()
+
+
+@torch.no_grad()
+def test_problem_token_and_bos_reach_the_body(model):
+    x, pad_mask, y, _ = make_batch()
+    p0, p1 = torch.zeros(B, dtype=torch.long), torch.ones(B, dtype=torch.long)
+    memory0, mask = model.encode(x, pad_mask, p0)
+    memory1, _ = model.encode(x, pad_mask, p1)
+    assert not torch.allclose(memory0, memory1, atol=1e-3)  # problem token reaches encoder
+    # Same memory, different problem: only the BOS differs, and it changes every position.
+    out0 = model.decode(y, memory0, mask, p0)
+    out1 = model.decode(y, memory0, mask, p1)
+    assert not torch.allclose(out0[:, 0], out1[:, 0], atol=1e-3)
+    assert not torch.allclose(out0[:, -1], out1[:, -1], atol=1e-4)
+
+
+@torch.no_grad()
+def test_cache_reorder_matches_permuted_batch(model):
+    x, pad_mask, y, problem = make_batch()
+    perm = torch.tensor([2, 0, 1])
+    memory, memory_pad_mask = model.encode(x, pad_mask, problem)
+    cache = model.new_cache(memory, memory_pad_mask, T + 1)
+    model.decode_step(None, cache, problem)
+    model.decode_step(y[:, :1], cache, problem)
+    cache.reorder(perm)
+    got = [model.decode_step(y[perm, t : t + 1], cache, problem[perm]) for t in range(1, T)]
+    expected, _ = stepwise_decode(model, x[perm], pad_mask[perm], y[perm], problem[perm])
+    torch.testing.assert_close(torch.stack(got, 1), expected[:, 2:], atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_cache_reorder_expands_batch_for_beams(model):
+    x, pad_mask, y, problem = make_batch()
+    beams = torch.arange(B).repeat_interleave(2)  # B -> 2B, each row twice
+    memory, memory_pad_mask = model.encode(x, pad_mask, problem)
+    cache = model.new_cache(memory, memory_pad_mask, T + 1)
+    cache.reorder(beams)
+    assert cache.batch_size == 2 * B
+    got = model.decode_step(None, cache, problem[beams])
+    expected, _ = stepwise_decode(model, x, pad_mask, y, problem)
+    torch.testing.assert_close(got, expected[beams, 0], atol=1e-5, rtol=0)
+
+
+def expected_body_parameters(c: ModelConfig) -> int:
+    # Weight matrices only: attention is 4 d^2 (q, k, v, out), the feed-forward 2 d d_ff;
+    # a decoder layer has two attentions. Biases, norms, problem/BOS rows are ~0.1%.
+    d, ff = c.d_model, c.d_ff
+    return c.num_encoder_layers * (4 * d * d + 2 * d * ff) + c.num_decoder_layers * (
+        8 * d * d + 2 * d * ff
+    )
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_parameter_counts(name):
+    config = PRESETS[name]
+    with torch.device("meta"):  # sizes only, no memory or init time
+        model = Transformer(config)
+    count = model.num_parameters()
+    expected = expected_body_parameters(config)
+    assert abs(count - expected) / expected < 0.02, (name, count, expected)
+
+
+def test_known_preset_sizes():
+    with torch.device("meta"):
+        small = Transformer(PRESETS["small"]).num_parameters()
+        base = Transformer(PRESETS["base"]).num_parameters()
+    assert PRESETS["base"] == ModelConfig()
+    assert 43_500_000 < base < 44_500_000  # Transformer-base body without embeddings
+    assert 5_400_000 < small < 5_700_000
+
+
+def test_model_imports_without_lightning():
+    code = (
+        "import sys; import t2t.model; "
+        "assert 'lightning' not in sys.modules and 'pytorch_lightning' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
