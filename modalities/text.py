@@ -209,6 +209,10 @@ class TextEmbedding(nn.Module):
     def __init__(self, vocab_size: int, d_model: int):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, d_model, padding_idx=PAD)
+        # std d^-0.5 times sqrt(d): unit-scale embeddings, comparable to the position signal.
+        nn.init.normal_(self.embedding.weight, std=d_model**-0.5)
+        with torch.no_grad():
+            self.embedding.weight[PAD].zero_()
         self.scale = d_model**0.5
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:

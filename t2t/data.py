@@ -114,17 +114,19 @@ def generate(
     chunk_size: int = 1000,
     max_length: int | None = 256,
     compress: bool = True,
+    max_samples: int | None = None,
     workers: int = 1,
     progress: bool = True,
 ) -> Path:
     """Write the shards of every split of `problem` under data_dir/<problem.name>/.
 
     Does nothing when shards with the same fingerprint exist; resumes an interrupted run.
+    max_samples keeps only the first samples of each split (for smoke tests).
     Returns the problem directory. The problem's modalities hold their vocabularies after.
     """
     problem_dir = Path(data_dir) / problem.name
     settings = {"samples_per_shard": samples_per_shard, "max_length": max_length,
-                "compress": compress}
+                "compress": compress, "max_samples": max_samples}
     print_fn = _printer(progress)
     fp = fingerprint(problem, settings)
 
@@ -143,7 +145,7 @@ def generate(
     work.mkdir(parents=True, exist_ok=True)
     (work / "fingerprint").write_text(fp)
 
-    vocab_files = _fit_vocabularies(problem, problem_dir, work, print_fn)
+    vocab_files = _fit_vocabularies(problem, problem_dir, work, max_samples, print_fn)
     meta: dict[str, Any] = {
         "problem": problem.name,
         "options": problem.options,
@@ -164,8 +166,8 @@ def generate(
         _init_worker(problem, max_length)
     try:
         for split in problem.splits:
-            chunks, dropped = _encode_split(problem, split, work, chunk_size, pool, workers,
-                                            progress)
+            chunks, dropped = _encode_split(problem, split, work, chunk_size, max_samples, pool,
+                                            workers, progress)
             shards = _write_shards(problem, split, chunks, problem_dir, samples_per_shard,
                                    compress)
             meta["splits"][split] = {
@@ -200,7 +202,9 @@ def _remove_outputs(problem_dir: Path) -> None:
     shutil.rmtree(problem_dir / "vocab", ignore_errors=True)
 
 
-def _fit_vocabularies(problem: Problem, problem_dir: Path, work: Path, print_fn) -> dict:
+def _fit_vocabularies(
+    problem: Problem, problem_dir: Path, work: Path, max_samples: int | None, print_fn
+) -> dict:
     """Fit each modality that needs a vocabulary on the training split; reuse a saved one.
 
     A modality serving both roles (a joint vocabulary) is fitted once on both sides.
@@ -216,7 +220,8 @@ def _fit_vocabularies(problem: Problem, problem_dir: Path, work: Path, print_fn)
         elif modality.needs_fit:
             print_fn(f"{problem.name}: learning the {'+'.join(roles)} vocabulary "
                      f"({modality.describe()}) from the training split")
-            values = (sample[r] for sample in problem.generate_samples("train") for r in roles)
+            samples = itertools.islice(problem.generate_samples("train"), max_samples)
+            values = (sample[r] for sample in samples for r in roles)
             path = modality.fit(values, problem_dir / "vocab")
             for r in roles:
                 record[r] = str(path.relative_to(problem_dir))
@@ -257,7 +262,7 @@ def _encode_chunk(split: str, first_index: int, raws: list[dict], path: Path) ->
 
 
 def _encode_split(
-    problem: Problem, split: str, work: Path, chunk_size: int,
+    problem: Problem, split: str, work: Path, chunk_size: int, max_samples: int | None,
     pool: ProcessPoolExecutor | None, workers: int, progress: bool,
 ) -> tuple[list[Path], dict[str, int]]:
     """Stage 1: encode the split chunk by chunk, in parallel; skip chunks already on disk."""
@@ -273,7 +278,7 @@ def _encode_split(
     with Progress(*columns, console=console, transient=True,
                   disable=not (progress and console.is_terminal)) as bar:
         task = bar.add_task(f"{problem.name}/{split}", total=None)
-        samples = iter(problem.generate_samples(split))
+        samples = itertools.islice(problem.generate_samples(split), max_samples)
         for chunk_index in itertools.count():
             raws = list(itertools.islice(samples, chunk_size))
             if not raws:

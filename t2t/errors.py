@@ -10,8 +10,10 @@ class UserError(Exception):
     """Bad input from the user (a name, an option, a file): the message says what and what to do."""
 
 
-def unknown_name(what: str, name: str, choices: Iterable[str], then: str) -> UserError:
-    """'unknown <what> 'x'; did you mean y? <then>' -- the error for every misspelt name."""
+def unknown_name(
+    what: str, name: str, choices: Iterable[str], then: str, where: str = ""
+) -> UserError:
+    """"unknown <what> 'x'<where>; did you mean y? <then>": the error for every misspelt name."""
     close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
     did_you_mean = f"did you mean {', '.join(close)}? " if close else ""
-    return UserError(f"unknown {what} '{name}'; {did_you_mean}{then}")
+    return UserError(f"unknown {what} '{name}'{where}; {did_you_mean}{then}")

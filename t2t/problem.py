@@ -78,8 +78,8 @@ class Problem:
         for key in options:
             if key not in specs:
                 known = ", ".join(specs) or "none"
-                raise unknown_name(f"option for problem {cls.problem_name()}", key, specs,
-                                   f"its options: {known}")
+                raise unknown_name("option", key, specs, f"its options: {known}",
+                                   where=f" for problem {cls.problem_name()}")
         values = {name: options.get(name, default) for name, (_, default) in specs.items()}
         for name, value in values.items():
             annotation = specs[name][0]

@@ -1,0 +1,206 @@
+"""What every command shares: discovery, problem configs for Hydra, override checks, errors.
+
+Hydra composes `configs/<command>.yaml`; every registered problem is stored in Hydra's
+ConfigStore as `problem/<name>` with its options as fields (as fairseq does for tasks), so
+`problem=<name> problem.<option>=...` works without YAML and unknown options fail.
+Before Hydra runs, `check_overrides` turns the usual mistakes into one line with close
+matches instead of a Hydra stack trace.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from t2t.errors import UserError, unknown_name
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+_SIMPLE_TYPES = (int, float, str, bool, Path)
+
+
+def fail(message: str) -> typing.NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(1)
+
+
+def one_line_errors(function: Callable) -> Callable:
+    """Report UserError as `error: ...` and exit 1; anything else is a bug: full traceback."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except UserError as error:
+            fail(str(error))
+
+    return wrapper
+
+
+def argv_value(argv: list[str], key: str) -> str | None:
+    """Value of a `key=value` command-line override (the last one wins), if present."""
+    values = [a.split("=", 1)[1] for a in argv if a.startswith(f"{key}=")]
+    return values[-1] if values else None
+
+
+def discover_from_argv(argv: list[str]) -> None:
+    """Import problems before Hydra composes anything: usr_dir may add the chosen one."""
+    from t2t.registry import discover
+
+    discover(argv_value(argv, "usr_dir"))
+
+
+# -- problems as structured configs -----------------------------------------------------------
+
+
+def _omegaconf_type(annotation: Any) -> Any:
+    """Map a Python annotation to one OmegaConf can enforce, or Any when it cannot."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation in _SIMPLE_TYPES:
+        return annotation
+    if origin is typing.Literal:
+        kinds = {type(a) for a in args}
+        return kinds.pop() if len(kinds) == 1 else Any
+    if origin in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        inner = _omegaconf_type(rest[0]) if len(rest) == 1 else Any
+        return Any if inner is Any else typing.Optional[inner]  # noqa: UP045 (OmegaConf)
+    if origin in (list, tuple) and args and args[0] in _SIMPLE_TYPES:
+        return list[args[0]]
+    return Any
+
+
+def problem_config_class(problem_class: type) -> type:
+    """A dataclass whose fields are the problem's options (plus its name)."""
+    fields: list[tuple] = [("name", str, dataclasses.field(default=problem_class.name))]
+    for option, (annotation, default) in problem_class.option_specs().items():
+        if isinstance(default, list | tuple | dict):
+            value = list(default) if isinstance(default, tuple) else default
+            spec = dataclasses.field(default_factory=lambda v=value: v.copy())
+        else:
+            spec = dataclasses.field(default=default)
+        fields.append((option, _omegaconf_type(annotation), spec))
+    return dataclasses.make_dataclass(f"{problem_class.name}_options", fields)
+
+
+def register_problem_configs() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    from t2t.registry import problems
+
+    store = ConfigStore.instance()
+    for name in problems.names():
+        store.store(group="problem", name=name, node=problem_config_class(problems.get(name)))
+
+
+def build_problem(node: Any) -> Any:
+    """The problem instance a composed `problem` config node describes."""
+    from omegaconf import OmegaConf
+
+    from t2t.registry import problems
+
+    options = OmegaConf.to_container(node, resolve=True)
+    return problems.get(options.pop("name"))(**options)
+
+
+# -- checking command-line overrides ---------------------------------------------------------
+
+
+def _flat_keys(node: Any, prefix: str = "") -> list[str]:
+    from omegaconf import DictConfig
+
+    keys = []
+    for key in node.keys() if isinstance(node, DictConfig) else []:
+        full = f"{prefix}{key}"
+        keys.append(full)
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            keys += _flat_keys(child, f"{full}.")
+    return keys
+
+
+def check_overrides(command: str, config_name: str, overrides: list[str]) -> None:
+    """Fail with one clear line on an unknown group choice, key or a badly typed value."""
+    from hydra import compose, initialize_config_dir
+
+    from t2t.registry import problems
+
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        from hydra.core.global_hydra import GlobalHydra
+
+        loader = GlobalHydra.instance().config_loader()
+        groups = set(loader.list_groups(""))
+        group_overrides, value_keys = [], []
+        for override in overrides:
+            if override.startswith("-"):
+                continue  # Hydra's own flags (--cfg, --help, ...)
+            if "=" not in override:
+                raise UserError(f"argument '{override}' is not key=value; "
+                                f"`{command} --help` shows the options")
+            key = override.split("=", 1)[0]
+            if key.startswith(("+", "~", "hydra")):
+                continue
+            if key in groups:
+                choice = override.split("=", 1)[1]
+                if key == "problem" and choice not in problems:
+                    problems.get(choice)  # raises with close matches
+                options = loader.get_group_options(key)
+                if choice not in options:
+                    raise unknown_name(f"{key}", choice, options, f"choices: {', '.join(options)}")
+                group_overrides.append(override)
+            else:
+                value_keys.append(key)
+        try:
+            config = compose(config_name, overrides=group_overrides)
+        except Exception as error:  # missing mandatory group, e.g. problem
+            message = str(error).splitlines()[0]
+            if "problem" in message:
+                raise UserError("no problem given; pass problem=NAME (`t2t-problems` lists "
+                                "them)") from None
+            raise UserError(message) from None
+        known = _flat_keys(config)
+        for key in value_keys:
+            if key not in known:
+                _unknown_key(command, key, known, config)
+        try:
+            compose(config_name, overrides=[o for o in overrides if not o.startswith("-")])
+        except Exception as error:
+            cause = error.__cause__ or error
+            message = (getattr(cause, "msg", None) or str(cause)).splitlines()[0]
+            full_key = getattr(cause, "full_key", None)
+            where = f" for {full_key}" if full_key else ""
+            raise UserError(f"bad value{where}: {message}") from None
+
+
+def _unknown_key(command: str, key: str, known: list[str], config: Any) -> typing.NoReturn:
+    parent, _, leaf = key.rpartition(".")
+    siblings = [k.rpartition(".")[2] for k in known if k.rpartition(".")[0] == parent]
+    if parent == "problem":
+        raise unknown_name("option", leaf, siblings,
+                           f"its options: {', '.join(s for s in siblings if s != 'name')}",
+                           where=f" for problem {config.problem.name}")
+    candidates = siblings if parent in known else known
+    raise unknown_name("option", key if parent not in known else leaf, candidates,
+                       f"`{command} --cfg job` prints every option")
+
+
+def run_hydra(command: str, config_name: str, task: Callable[[Any], None]) -> None:
+    """Discover problems, check the overrides, then hand over to Hydra's main."""
+    import hydra
+
+    argv = sys.argv[1:]
+    try:
+        discover_from_argv(argv)
+        register_problem_configs()
+        if not any(a in ("--help", "-h", "--hydra-help") for a in argv):
+            check_overrides(command, config_name, argv)
+    except UserError as error:
+        fail(str(error))
+    hydra.main(config_path=str(CONFIG_DIR), config_name=config_name, version_base="1.3")(
+        one_line_errors(task)
+    )()

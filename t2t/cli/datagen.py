@@ -1,0 +1,22 @@
+"""t2t-datagen: write a problem's WebDataset shards (and vocabularies) to data_dir."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from t2t.cli.common import build_problem, run_hydra
+
+
+def datagen(config: Any) -> None:
+    from t2t.data import generate
+
+    problem = build_problem(config.problem)
+    generate(problem, config.data_dir, **config.datagen)
+
+
+def main() -> None:
+    run_hydra("t2t-datagen", "datagen", datagen)
+
+
+if __name__ == "__main__":
+    main()
