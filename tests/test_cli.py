@@ -1,0 +1,118 @@
+"""The commands as a user types them: t2t-problems and t2t-datagen, and the README."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+
+import pytest
+
+from problems import translate
+from t2t.errors import UserError
+
+from .conftest import REPO, run_command
+
+README = (REPO / "README.md").read_text()
+
+
+def fenced_blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+
+
+def test_readme_main_job_runs(tmp_path):
+    main_job = fenced_blocks("bash")[0].strip()
+    setup = "pip install -e . && "
+    assert main_job.startswith(setup), "the first Quickstart command sets up, then runs"
+    result = subprocess.run(["bash", "-c", main_job.removeprefix(setup)], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "algorithmic_reverse" in result.stdout
+    assert data_count(tmp_path / "data" / "algorithmic_reverse", "train") > 0
+
+
+def test_readme_test_command_is_what_ci_runs():
+    test_command = fenced_blocks("bash")[1].strip()
+    assert test_command in (REPO / ".ci" / "run").read_text()
+
+
+def data_count(problem_dir, split) -> int:
+    return json.loads((problem_dir / "meta.json").read_text())["splits"][split]["count"]
+
+
+def test_readme_user_problem_example(tmp_path):
+    example = next(b for b in fenced_blocks("python") if b.startswith("# my_problems.py"))
+    (tmp_path / "my_problems.py").write_text(example)
+    commands = next(b for b in fenced_blocks("bash") if "usr_dir=my_problems.py" in b)
+    outputs = []
+    for line in commands.strip().splitlines():
+        result = run_command(*shlex.split(line), cwd=tmp_path)
+        assert result.returncode == 0, f"{line}\n{result.stderr}"
+        outputs.append(result.stdout)
+    assert "reverse_words" in outputs[0] and "Reverse the order of the words" in outputs[0]
+    assert data_count(tmp_path / "data" / "reverse_words", "train") == 5000
+
+
+def test_problems_lists_built_ins():
+    result = run_command("t2t-problems")
+    assert result.returncode == 0, result.stderr
+    for name in ("algorithmic_sort", "translate_deen_multi30k", "text_pairs"):
+        assert name in result.stdout
+    assert "text(char 10) -> text(char 10)" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["problem=algoritmic_sort"], "unknown problem 'algoritmic_sort'; did you mean "
+                                      "algorithmic_sort"),
+        ([], "no problem given; pass problem=NAME"),
+        (["problem=algorithmic_sort", "problem.num_symbol=3"],
+         "unknown option 'num_symbol' for problem algorithmic_sort; did you mean num_symbols?"),
+        (["problem=algorithmic_sort", "problem.num_symbols=abc"],
+         "bad value for problem.num_symbols: Value 'abc' of type 'str' could not be converted"),
+        (["problem=algorithmic_sort", "dta_dir=x"], "unknown option 'dta_dir'; did you mean "
+                                                   "data_dir"),
+        (["problem=algorithmic_sort", "datagen=quick"], "unknown datagen 'quick'"),
+        (["problem=translate_deen_multi30k", "problem.direction=fr-en"],
+         "option direction='fr-en' is not one of: de-en, en-de"),
+        (["problem=algorithmic_sort", "usr_dir=/no/such/file.py"], "usr_dir /no/such/file.py"),
+    ],
+)
+def test_bad_arguments_give_one_clear_line(args, message, tmp_path):
+    result = run_command("t2t-datagen", *args, f"data_dir={tmp_path}", cwd=tmp_path)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert message in lines[0]
+
+
+def test_missing_raw_data_offline_names_raw_dir_and_url(tmp_path, monkeypatch):
+    monkeypatch.setattr(translate, "MULTI30K_URL", "http://127.0.0.1:9/")  # nothing listens
+    problem = translate.TranslateDeenMulti30k(raw_dir=str(tmp_path))
+    with pytest.raises(UserError) as error:
+        next(problem.generate_samples("train"))
+    assert "http://127.0.0.1:9/train.de.gz" in str(error.value)
+    assert "problem.raw_dir=DIR" in str(error.value)
+
+
+def test_multi30k_datagen_counts_vocab_and_idempotent_rerun(tmp_path, multi30k_dir):
+    args = ("t2t-datagen", "problem=translate_deen_multi30k",
+            f"problem.raw_dir={multi30k_dir}", f"data_dir={tmp_path}")
+    result = run_command(*args)
+    assert result.returncode == 0, result.stderr
+    problem_dir = tmp_path / "translate_deen_multi30k"
+    meta = json.loads((problem_dir / "meta.json").read_text())
+    for split, expected in (("train", 29000), ("validation", 1014), ("test", 1000)):
+        dropped = sum(meta["splits"][split]["dropped"].values())
+        assert meta["splits"][split]["count"] + dropped == expected
+    vocab = meta["modalities"]["targets"]["vocab"]
+    assert vocab == meta["modalities"]["inputs"]["vocab"]  # one joint vocabulary
+    assert (problem_dir / vocab).is_file()
+    assert meta["modalities"]["targets"]["key"].startswith("text:spm8000:")
+
+    stamps = {p.name: p.stat().st_mtime_ns for p in problem_dir.rglob("*")}
+    again = run_command(*args)
+    assert again.returncode == 0 and "up to date" in again.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in problem_dir.rglob("*")} == stamps

@@ -1,0 +1,139 @@
+"""Datagen: meta.json, equal shards, no-op re-runs, resume, drops, corrupt shards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from modalities import TextModality
+from problems.algorithmic import AlgorithmicReverse
+from t2t import Problem, data
+from t2t.errors import UserError
+from t2t.files import sha256_file
+
+SMALL = dict(train_size=1000, eval_size=50, max_length=12)
+SETTINGS = dict(samples_per_shard=300, chunk_size=128, progress=False)
+
+
+def shard_hashes(problem_dir: Path) -> dict[str, str]:
+    return {p.name: sha256_file(p) for p in sorted(problem_dir.glob("*.tar*"))}
+
+
+def test_meta_json_describes_equal_shards(tmp_path):
+    problem = AlgorithmicReverse(**SMALL)
+    problem_dir = data.generate(problem, tmp_path, **SETTINGS)
+    meta = json.loads((problem_dir / "meta.json").read_text())
+    assert meta["problem"] == "algorithmic_reverse"
+    assert meta["options"]["train_size"] == 1000
+    assert meta["modalities"]["inputs"]["key"] == problem.inputs.key
+    train = meta["splits"]["train"]
+    assert train["count"] == 1000 and train["dropped"] == {"empty": 0, "too_long": 0}
+    counts = [s["count"] for s in train["shards"]]
+    assert sum(counts) == 1000 and len(counts) == 3 and max(counts) - min(counts) <= 1
+    for shard in train["shards"]:
+        assert sha256_file(problem_dir / shard["file"]) == shard["sha256"]
+    assert meta["splits"]["validation"]["count"] == meta["splits"]["test"]["count"] == 50
+    assert not (problem_dir / ".work").exists()
+
+
+def test_round_trip_and_order(tmp_path):
+    problem = AlgorithmicReverse(**SMALL)
+    problem_dir = data.generate(problem, tmp_path, **SETTINGS)
+    raws = list(problem.generate_samples("train"))
+    read = list(data.read_split(AlgorithmicReverse(**SMALL), problem_dir, "train"))
+    assert [problem.inputs.decode(s["inputs"]) for s in read] == [r["inputs"] for r in raws]
+    assert [problem.targets.decode(s["targets"]) for s in read] == [r["targets"] for r in raws]
+
+
+def test_second_run_does_nothing_and_a_changed_option_regenerates(tmp_path):
+    problem_dir = data.generate(AlgorithmicReverse(**SMALL), tmp_path, **SETTINGS)
+    stamps = {p.name: p.stat().st_mtime_ns for p in problem_dir.iterdir()}
+    data.generate(AlgorithmicReverse(**SMALL), tmp_path, **SETTINGS)
+    assert {p.name: p.stat().st_mtime_ns for p in problem_dir.iterdir()} == stamps
+    data.generate(AlgorithmicReverse(**{**SMALL, "train_size": 700}), tmp_path, **SETTINGS)
+    meta = data.read_meta(problem_dir)
+    assert meta["splits"]["train"]["count"] == 700
+    assert sorted(p.name for p in problem_dir.glob("train-*")) == [
+        "train-000000.tar.gz", "train-000001.tar.gz"]
+
+
+def test_parallel_workers_write_the_same_shards(tmp_path):
+    one = data.generate(AlgorithmicReverse(**SMALL), tmp_path / "one", workers=1, **SETTINGS)
+    two = data.generate(AlgorithmicReverse(**SMALL), tmp_path / "two", workers=2, **SETTINGS)
+    assert shard_hashes(one) == shard_hashes(two)
+
+
+def test_interrupted_run_resumes_without_redoing_finished_chunks(tmp_path, monkeypatch):
+    clean = shard_hashes(data.generate(AlgorithmicReverse(**SMALL), tmp_path / "clean",
+                                       **SETTINGS))
+    real_encode, calls = data._encode_chunk, []
+
+    def encode_then_die(*args):
+        calls.append(args[1])
+        if len(calls) == 5:  # train has 8 chunks of 128: die in the middle
+            raise KeyboardInterrupt
+        return real_encode(*args)
+
+    monkeypatch.setattr(data, "_encode_chunk", encode_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        data.generate(AlgorithmicReverse(**SMALL), tmp_path / "resumed", **SETTINGS)
+    problem_dir = tmp_path / "resumed" / "algorithmic_reverse"
+    assert not (problem_dir / "meta.json").exists()
+    calls.clear()
+    monkeypatch.setattr(data, "_encode_chunk", lambda *a: calls.append(a[1]) or real_encode(*a))
+    data.generate(AlgorithmicReverse(**SMALL), tmp_path / "resumed", **SETTINGS)
+    assert calls[0] == 4 * 128  # the first four chunks were not encoded again
+    assert shard_hashes(problem_dir) == clean
+
+
+class Uneven(Problem):
+    """Samples with an empty one and an over-long one."""
+
+    inputs = targets = TextModality(vocab="byte")
+
+    def generate_samples(self, split):
+        yield {"inputs": "ok", "targets": "fine"}
+        yield {"inputs": "", "targets": "empty input"}
+        yield {"inputs": "x" * 50, "targets": "too long"}
+        yield {"inputs": "also ok", "targets": "yes"}
+
+
+def test_empty_and_over_long_examples_are_dropped_and_counted(tmp_path):
+    problem_dir = data.generate(Uneven(), tmp_path, max_length=20, **SETTINGS)
+    split = data.read_meta(problem_dir)["splits"]["train"]
+    assert split["count"] == 2
+    assert split["dropped"] == {"empty": 1, "too_long": 1}
+
+
+class NotDicts(Problem):
+    inputs = targets = TextModality(vocab="byte")
+    splits = ("train",)
+
+    def generate_samples(self, split):
+        yield ("inputs", "targets")
+
+
+def test_malformed_samples_are_named(tmp_path):
+    with pytest.raises(UserError, match="sample 0 of split train .* yield dicts"):
+        data.generate(NotDicts(), tmp_path, **SETTINGS)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_corrupt_shard_is_detected_and_named(tmp_path, damage):
+    problem_dir = data.generate(AlgorithmicReverse(**SMALL), tmp_path, **SETTINGS)
+    shard = problem_dir / "validation-000000.tar.gz"
+    content = bytearray(shard.read_bytes())
+    if damage == "flip":
+        content[len(content) // 2] ^= 0xFF
+    else:
+        content = content[: len(content) // 2]
+    shard.write_bytes(bytes(content))
+    with pytest.raises(data.CorruptShardError, match="validation-000000.tar.gz is corrupt"):
+        list(data.read_split(AlgorithmicReverse(**SMALL), problem_dir, "validation"))
+
+
+def test_missing_shards_are_named(tmp_path):
+    with pytest.raises(UserError, match="no shards in .*run `t2t-datagen problem=nothing_here"):
+        data.read_meta(tmp_path / "nothing_here")
