@@ -25,7 +25,9 @@ def multi30k_dir() -> Path:
     return dataset_dir("multi30k")
 
 
-def run_command(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_command(
+    *args: str, cwd: Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """Run a console script (t2t-datagen, ...) as a user would, capturing its output."""
     script = Path(sys.executable).parent / args[0]
     command = [str(script) if script.exists() else args[0], *args[1:]]
