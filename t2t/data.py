@@ -6,14 +6,16 @@ Layout of `data_dir/<problem>/` (DESIGN section 6):
     vocab/               vocabulary files of the modalities that learn one
     train-000000.tar     WebDataset shards; sample `<key>` holds `<key>.inputs.<ext>` and
     ...                  `<key>.targets.<ext>` as the modalities encoded them
+    train-lengths.npy    (N, 2) int32: inputs and targets length of each sample, shard order
     .work/               datagen's resumable scratch space; removed when done
 
 Datagen runs in two stages. (1) The raw samples of a split are cut into chunks of
 `chunk_size`; worker processes encode each chunk and save it under .work/ (a killed run
 replays the problem's deterministic generator and skips finished chunks). (2) The kept
 samples are dealt into shards of equal size (counts differ by at most one) so that every
-DDP rank sees the same number of samples; shards are deterministic tar files (fixed mtime
-and owner), written under a temporary name and renamed when complete.
+DDP rank sees the same number of samples; the training split is shuffled on the way (seeded).
+Shards are deterministic tar files (fixed mtime and owner), written under a temporary name
+and renamed when complete.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ import contextlib
 import gzip
 import hashlib
 import inspect
+import io
 import itertools
 import json
 import os
 import pickle
+import random
 import shutil
 import tarfile
 from collections.abc import Iterable, Iterator
@@ -33,6 +37,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import webdataset as wds
 from torch.utils.data import IterableDataset
 
@@ -173,6 +178,7 @@ def generate(
             meta["splits"][split] = {
                 "count": sum(s["count"] for s in shards),
                 "dropped": dropped,
+                "lengths": f"{split}-lengths.npy",
                 "shards": shards,
             }
             print_fn(f"{problem.name}/{split}: {meta['splits'][split]['count']} samples in "
@@ -197,8 +203,8 @@ def _printer(enabled: bool):
 
 def _remove_outputs(problem_dir: Path) -> None:
     (problem_dir / "meta.json").unlink(missing_ok=True)
-    for shard in [*problem_dir.glob("*.tar"), *problem_dir.glob("*.tar.gz")]:
-        shard.unlink()
+    for output in problem_dir.glob("*-*.*"):  # shards and length files
+        output.unlink()
     shutil.rmtree(problem_dir / "vocab", ignore_errors=True)
 
 
@@ -304,9 +310,13 @@ def _encode_split(
     return chunks, dropped
 
 
-def _chunk_samples(chunks: list[Path]) -> Iterator[tuple[int, bytes, bytes]]:
-    for path in chunks:
-        yield from pickle.loads(path.read_bytes())["samples"]
+def _chunk_samples(chunks: list[Path], shuffle: bool) -> Iterator[tuple[int, bytes, bytes]]:
+    """The kept samples chunk by chunk; shuffled (chunk order and within chunks, seeded) for
+    training, since sources are often sorted and readers shuffle only within a window."""
+    rng = random.Random(0)
+    for path in rng.sample(chunks, len(chunks)) if shuffle else chunks:
+        samples = pickle.loads(path.read_bytes())["samples"]
+        yield from rng.sample(samples, len(samples)) if shuffle else samples
 
 
 def _write_shards(
@@ -326,8 +336,8 @@ def _write_shards(
     num_shards = max(1, round(total / samples_per_shard))
     sizes = [total // num_shards + (i < total % num_shards) for i in range(num_shards)]
     extensions = {r: getattr(problem, r).extension for r in ROLES}
-    samples = _chunk_samples(chunks)
-    shards = []
+    samples = _chunk_samples(chunks, shuffle=split == "train")
+    shards, lengths = [], []
     for shard_index, size in enumerate(sizes):
         name = f"{split}-{shard_index:06d}.tar" + (".gz" if compress else "")
         tmp = problem_dir / (name + ".tmp")
@@ -336,6 +346,8 @@ def _write_shards(
             writer = wds.TarWriter(stream, user="t2t", group="t2t", mtime=0.0, encoder=False,
                                    format=tarfile.USTAR_FORMAT)
             for index, inputs, targets in itertools.islice(samples, size):
+                lengths.append([getattr(problem, r).length(v) for r, v in
+                                (("inputs", inputs), ("targets", targets))])
                 writer.write({"__key__": f"{index:09d}",
                               f"inputs.{extensions['inputs']}": inputs,
                               f"targets.{extensions['targets']}": targets})
@@ -344,6 +356,11 @@ def _write_shards(
         path = problem_dir / name
         shards.append({"file": name, "count": size, "bytes": path.stat().st_size,
                        "sha256": sha256_file(path)})
+    # Lengths of every sample in shard order: lets each DDP rank plan all ranks' token-budget
+    # batches without reading the shards.
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(lengths, dtype=np.int32).reshape(-1, 2))
+    write_atomic(problem_dir / f"{split}-lengths.npy", buffer.getvalue())
     return shards
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from modalities import TextModality
@@ -38,13 +39,22 @@ def test_meta_json_describes_equal_shards(tmp_path):
     assert not (problem_dir / ".work").exists()
 
 
-def test_round_trip_and_order(tmp_path):
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_round_trip_order_and_lengths(tmp_path, split):
     problem = AlgorithmicReverse(**SMALL)
     problem_dir = data.generate(problem, tmp_path, **SETTINGS)
-    raws = list(problem.generate_samples("train"))
-    read = list(data.read_split(AlgorithmicReverse(**SMALL), problem_dir, "train"))
-    assert [problem.inputs.decode(s["inputs"]) for s in read] == [r["inputs"] for r in raws]
-    assert [problem.targets.decode(s["targets"]) for s in read] == [r["targets"] for r in raws]
+    raws = list(problem.generate_samples(split))
+    read = list(data.read_split(AlgorithmicReverse(**SMALL), problem_dir, split))
+    order = [int(s["key"]) for s in read]  # keys are indices in generate_samples
+    assert sorted(order) == list(range(len(raws)))
+    # Training samples are shuffled (sources are often sorted); evaluation keeps file order.
+    assert (order == sorted(order)) == (split != "train")
+    for sample in read:
+        raw = raws[int(sample["key"])]
+        assert problem.inputs.decode(sample["inputs"]) == raw["inputs"]
+        assert problem.targets.decode(sample["targets"]) == raw["targets"]
+    lengths = np.load(problem_dir / data.read_meta(problem_dir)["splits"][split]["lengths"])
+    assert lengths.tolist() == [[len(s["inputs"]), len(s["targets"])] for s in read]
 
 
 def test_second_run_does_nothing_and_a_changed_option_regenerates(tmp_path):
@@ -55,7 +65,7 @@ def test_second_run_does_nothing_and_a_changed_option_regenerates(tmp_path):
     data.generate(AlgorithmicReverse(**{**SMALL, "train_size": 700}), tmp_path, **SETTINGS)
     meta = data.read_meta(problem_dir)
     assert meta["splits"]["train"]["count"] == 700
-    assert sorted(p.name for p in problem_dir.glob("train-*")) == [
+    assert sorted(p.name for p in problem_dir.glob("train-0*")) == [
         "train-000000.tar.gz", "train-000001.tar.gz"]
 
 
