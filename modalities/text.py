@@ -9,6 +9,10 @@ Reserved ids, the same in every vocabulary (and the ones the decoder relies on):
               "sentencepiece", which falls back to bytes)
 
 Real symbols start at id 4. Shards store ids as little-endian int32 without BOS/EOS.
+
+Round trips (decode(encode(text)) == text) are exact for every vocabulary, with one known
+exception: SentencePiece writes spaces as U+2581 ("▁"), so a literal U+2581 in the input
+comes back as a space.
 """
 
 from __future__ import annotations
@@ -199,12 +203,13 @@ class TextModality(Modality):
     def bottom(self, d_model: int) -> nn.Module:
         return TextEmbedding(self.vocab_size, d_model)
 
-    def top(self, d_model: int) -> nn.Module:
-        return nn.Linear(d_model, self.vocab_size, bias=False)
+    def top(self, d_model: int, bottom: nn.Module) -> nn.Module:
+        return TiedSoftmax(bottom.embedding)
 
 
 class TextEmbedding(nn.Module):
-    """Token ids (B, T) -> (B, T, C), scaled by sqrt(C) as in the original Transformer."""
+    """Token ids (B, T) -> (B, T, C), scaled by sqrt(C) as in the original Transformer;
+    the padding mask passes through unchanged."""
 
     def __init__(self, vocab_size: int, d_model: int):
         super().__init__()
@@ -215,8 +220,19 @@ class TextEmbedding(nn.Module):
             self.embedding.weight[PAD].zero_()
         self.scale = d_model**0.5
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.embedding(ids) * self.scale  # (B, T, C)
+    def forward(self, ids: torch.Tensor, pad_mask: torch.Tensor | None = None):
+        return self.embedding(ids) * self.scale, pad_mask  # (B, T, C), (B, T)
+
+
+class TiedSoftmax(nn.Module):
+    """Logits from the embedding matrix itself (weight tying, as tensor2tensor does)."""
+
+    def __init__(self, embedding: nn.Embedding):
+        super().__init__()
+        self.embedding = embedding
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(hidden, self.embedding.weight)  # (B, T, V)
 
 
 def _checked_strings(samples: Iterable[str]) -> Iterable[str]:

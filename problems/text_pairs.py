@@ -32,7 +32,7 @@ def read_lines(path: str | Path) -> Iterator[tuple[int, str]]:
     with opener(path, "rb") as f:
         for number, line in enumerate(f, start=1):
             try:
-                text = line.decode("utf-8")
+                text = line.decode("utf-8-sig" if number == 1 else "utf-8")  # BOM: Excel
             except UnicodeDecodeError as error:
                 raise UserError(f"{path}:{number}: not UTF-8 ({error.reason} at byte "
                                 f"{error.start}); convert the file to UTF-8") from None
@@ -63,6 +63,8 @@ def _zip_counted(sources, targets, source_path, target_path):
 
 def read_tsv(path: str | Path, header: tuple[str, str]) -> Iterator[dict[str, str]]:
     for number, line in read_lines(path):
+        if not line.strip():
+            continue
         fields = line.split("\t")
         if number == 1 and tuple(fields[:2]) == header:
             continue
@@ -136,11 +138,11 @@ class TextPairs(Problem):
         if self.files["train"] is None:
             raise UserError("text_pairs needs problem.train=PATH (a .tsv or .jsonl file, or "
                             "[source_file,target_file])")
-        if self.files[split] is not None:
-            yield from read_pairs(self.files[split], *self.keys)
-        elif split in ("train", "validation"):
+        if split in ("train", "validation") and self.files["validation"] is None:
             # No validation file: hold out a seeded sample of the training pairs.
             pairs = list(read_pairs(self.files["train"], *self.keys))
             size = min(self.holdout_size, len(pairs) // 10)
             held = set(random.Random(self.seed).sample(range(len(pairs)), size))
             yield from (p for i, p in enumerate(pairs) if (i in held) == (split == "validation"))
+        elif self.files[split] is not None:
+            yield from read_pairs(self.files[split], *self.keys)
