@@ -428,13 +428,17 @@ def _fields(samples: Iterable[dict]) -> Iterator[dict[str, Any]]:
         yield out
 
 
-def shard_pipeline(shards: list[dict], *, split_by_node: bool = True) -> wds.DataPipeline:
-    """Stream raw samples from shards: split across DDP ranks and loader workers, each shard
-    checked against its sha256 before it is read."""
+def shard_pipeline(
+    shards: list[dict], *, split_by_node: bool = True, split_by_worker: bool = True
+) -> wds.DataPipeline:
+    """Stream raw samples from shards, each checked against its sha256 before it is read;
+    by default split across DDP ranks and data-loader workers."""
     stages: list[Any] = [_ShardList(shards)]
     if split_by_node:
         stages.append(wds.split_by_node)
-    stages += [wds.split_by_worker, _verified_shards, wds.tarfile_to_samples(), _fields]
+    if split_by_worker:
+        stages.append(wds.split_by_worker)
+    stages += [_verified_shards, wds.tarfile_to_samples(), _fields]
     return wds.DataPipeline(*stages)
 
 

@@ -57,12 +57,24 @@ class Modality:
         """Model output ids -> raw value (only for modalities used as targets)."""
         raise NotImplementedError(f"{type(self).__name__} cannot be a target")
 
+    def collate(self, values: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loaded tensors -> one batch tensor and its (B, T) padding mask (True = padding).
+
+        The default right-pads along the first dimension with zeros (PAD for token ids)."""
+        lengths = torch.tensor([len(v) for v in values])
+        padded = nn.utils.rnn.pad_sequence(values, batch_first=True, padding_value=0)
+        mask = torch.arange(padded.shape[1])[None, :] >= lengths[:, None]
+        return padded, mask
+
     def bottom(self, d_model: int) -> nn.Module:
-        """Module mapping a batch of loaded tensors to (B, T, d_model) embeddings."""
+        """Module mapping (batch, padding mask) to ((B, T, d_model) embeddings, (B, T) mask).
+
+        Runs on the device: feature extraction that is a tensor op belongs here."""
         raise NotImplementedError
 
-    def top(self, d_model: int) -> nn.Module:
-        """Module mapping (B, T, d_model) hidden states to (B, T, vocab) logits."""
+    def top(self, d_model: int, bottom: nn.Module) -> nn.Module:
+        """Module mapping (B, T, d_model) hidden states to (B, T, vocab) logits; it may share
+        weights with this modality's `bottom` (tied embeddings)."""
         raise NotImplementedError
 
     def describe(self) -> str:

@@ -356,3 +356,79 @@ class Transformer(nn.Module):
                            (cache.cross_k[i], cache.cross_v[i]), cache.memory_mask)
         cache.length = pos + 1
         return self.decoder_norm(x)[:, 0]  # (B, C)
+
+
+# -- The full model: the body plus the bottoms and tops of the problems it serves ---------------
+
+
+def _module_key(modality_key: str) -> str:
+    return modality_key.replace(".", "_")  # ModuleDict keys may not contain dots
+
+
+class T2TModel(nn.Module):
+    """The shared body with each problem's input bottom, target bottom and target top.
+
+    `modalities[i]` is problem i's (inputs, targets) pair of modality objects (anything with
+    `key`, `bottom(d_model)` and `top(d_model, bottom)`). Modules are keyed by modality key:
+    problems, or the two sides of one problem, whose modalities have equal keys share weights
+    (a joint vocabulary ties input embedding, target embedding and softmax).
+    """
+
+    def __init__(self, config: ModelConfig, modalities: list[tuple]):
+        super().__init__()
+        self.config = config
+        self.body = Transformer(config, num_problems=len(modalities))
+        self.bottoms, self.tops = nn.ModuleDict(), nn.ModuleDict()
+        self.keys: list[tuple[str, str]] = []
+        for inputs, targets in modalities:
+            for modality in (inputs, targets):
+                key = _module_key(modality.key)
+                if key not in self.bottoms:
+                    self.bottoms[key] = modality.bottom(config.d_model)
+            target_key = _module_key(targets.key)
+            if target_key not in self.tops:
+                self.tops[target_key] = targets.top(config.d_model, self.bottoms[target_key])
+            self.keys.append((_module_key(inputs.key), target_key))
+
+    def encode(self, problem: int, inputs: Tensor, inputs_pad: Tensor) -> tuple[Tensor, Tensor]:
+        x, pad = self.bottoms[self.keys[problem][0]](inputs, inputs_pad)  # (B, S, C), (B, S)
+        problems = torch.full((x.shape[0],), problem, dtype=torch.long, device=x.device)
+        return self.body.encode(x, pad, problems)  # (B, S+1, C), (B, S+1)
+
+    def forward(self, problem: int, inputs: Tensor, inputs_pad: Tensor, targets: Tensor
+                ) -> Tensor:
+        """Teacher forcing: logits (B, T+1, V); position t predicts target t (T: EOS)."""
+        memory, memory_pad = self.encode(problem, inputs, inputs_pad)
+        target_key = self.keys[problem][1]
+        y, _ = self.bottoms[target_key](targets)  # (B, T, C)
+        problems = torch.full((y.shape[0],), problem, dtype=torch.long, device=y.device)
+        hidden = self.body.decode(y, memory, memory_pad, problems)  # (B, T+1, C)
+        return self.tops[target_key](hidden)  # (B, T+1, V)
+
+    def decoder(self, problem: int) -> IncrementalModel:
+        return IncrementalModel(self, problem)
+
+
+class IncrementalModel:
+    """`t2t.decoding.IncrementalDecoder` for one problem: state = the KV cache."""
+
+    def __init__(self, model: T2TModel, problem: int):
+        self.model, self.problem = model, problem
+        self.target_key = model.keys[problem][1]
+
+    def start(self, inputs: Tensor, inputs_pad: Tensor, max_length: int) -> KVCache:
+        memory, memory_pad = self.model.encode(self.problem, inputs, inputs_pad)
+        return self.model.body.new_cache(memory, memory_pad, max_length + 1)
+
+    def step(self, tokens: Tensor | None, cache: KVCache) -> tuple[Tensor, KVCache]:
+        y = None
+        if tokens is not None:
+            y, _ = self.model.bottoms[self.target_key](tokens[:, None])  # (N, 1, C)
+        problems = torch.full((cache.batch_size,), self.problem, dtype=torch.long,
+                              device=cache.memory_mask.device)
+        hidden = self.model.body.decode_step(y, cache, problems)  # (N, C)
+        return self.model.tops[self.target_key](hidden), cache  # (N, V)
+
+    def reorder(self, cache: KVCache, index: Tensor) -> KVCache:
+        cache.reorder(index)
+        return cache

@@ -1,0 +1,50 @@
+"""t2t-decode: predictions of a trained checkpoint for inputs from the command line, a file
+or standard input."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from t2t.cli.common import run_hydra
+from t2t.errors import UserError
+
+
+def read_inputs(config: Any) -> list[str]:
+    if config.input is not None:
+        return [str(config.input)]
+    if config.input_file is not None:
+        path = Path(config.input_file)
+        if not path.is_file():
+            raise UserError(f"input_file {path} not found")
+        return path.read_text(encoding="utf-8").splitlines()
+    return sys.stdin.read().splitlines()
+
+
+def decode(config: Any) -> None:
+    from t2t.inference import batches, decode_raw, load_checkpoint, select_problem
+
+    model, problems = load_checkpoint(config.ckpt)
+    index = select_problem(problems, config.problem.name, config.ckpt)
+    problem = problems[index]
+    out = open(config.output_file, "w", encoding="utf-8") if config.output_file else sys.stdout
+    try:
+        for chunk in batches(read_inputs(config), config.decode.batch_size):
+            predictions = decode_raw(model, problem, index, chunk,
+                                     beam_size=config.decode.beam_size,
+                                     length_penalty=config.decode.length_penalty,
+                                     max_length=config.decode.max_length)
+            for prediction in predictions:
+                print(prediction, file=out, flush=out is sys.stdout)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+
+
+def main() -> None:
+    run_hydra("t2t-decode", "decode", decode)
+
+
+if __name__ == "__main__":
+    main()

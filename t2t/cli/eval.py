@@ -1,0 +1,67 @@
+"""t2t-eval: decode a whole split with a trained checkpoint and print its metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from t2t.cli.common import build_problem, run_hydra
+from t2t.errors import UserError
+
+
+def evaluate(config: Any) -> None:
+    import time
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from t2t.data import generate, read_split
+    from t2t.inference import batches, decode_loaded, load_checkpoint, select_problem
+    from t2t.metrics import get_metric
+
+    model, problems = load_checkpoint(config.ckpt)
+    index = select_problem(problems, config.problem.name, config.ckpt)
+    problem = problems[index]
+    # The split's shards: made from the command line's problem options, with the
+    # checkpoint's vocabulary (checked below).
+    shards_problem = build_problem(config.problem)
+    problem_dir = generate(shards_problem, config.data_dir, **config.datagen)
+    for role in ("inputs", "targets"):
+        if getattr(shards_problem, role).key != getattr(problem, role).key:
+            raise UserError(f"the shards in {problem_dir} use another {role} vocabulary than "
+                            f"{config.ckpt}; pass the data_dir the model was trained with")
+    if config.split not in shards_problem.splits:
+        raise UserError(f"problem {problem.name} has no split '{config.split}'; "
+                        f"it has: {', '.join(shards_problem.splits)}")
+    samples = list(read_split(shards_problem, problem_dir, config.split))
+    samples.sort(key=lambda s: s["key"])  # split order, for output_file
+    start, predictions = time.perf_counter(), []
+    # Sorting by length keeps padding low; results go back to split order.
+    order = sorted(range(len(samples)), key=lambda i: len(samples[i]["inputs"]))
+    by_position: dict[int, Any] = {}
+    for chunk in batches(order, config.decode.batch_size):
+        decoded = decode_loaded(model, problem, index, [samples[i]["inputs"] for i in chunk],
+                                beam_size=config.decode.beam_size,
+                                length_penalty=config.decode.length_penalty,
+                                max_length=config.decode.max_length)
+        by_position.update(zip(chunk, decoded, strict=True))
+    predictions = [by_position[i] for i in range(len(samples))]
+    seconds = time.perf_counter() - start
+    references = [problem.targets.decode(s["targets"]) for s in samples]
+    if config.output_file:
+        with open(config.output_file, "w", encoding="utf-8") as f:
+            f.writelines(f"{p}\n" for p in predictions)
+    table = Table(title=f"{problem.name} / {config.split}: {len(samples)} examples, beam "
+                        f"{config.decode.beam_size}, {seconds:.1f} s")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name in problem.metrics:
+        table.add_row(name, f"{get_metric(name)(predictions, references):.4f}")
+    Console().print(table)
+
+
+def main() -> None:
+    run_hydra("t2t-eval", "eval", evaluate)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""The table every run ends with: metrics per problem, then a few example decodes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def print_report(module: Any, trainer: Any, examples: int = 3) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(Console().width, 120))
+    metrics = trainer.callback_metrics
+    table = Table(title=f"metrics after {trainer.global_step} steps")
+    table.add_column("problem")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for problem in module.problems:
+        loss = metrics.get(f"val/{problem.name}/loss")
+        if loss is not None:
+            table.add_row(problem.name, "val loss", f"{float(loss):.4f}")
+        for name, value in module.latest_metrics.get(problem.name, {}).items():
+            table.add_row(problem.name, name, f"{value:.4f}")
+    console.print(table)
+    for problem in module.problems:
+        rows = module.examples.get(problem.name, [])[:examples]
+        if not rows:
+            continue
+        table = Table(title=f"{problem.name}: example decodes")
+        for column in ("input", "prediction", "reference"):
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)

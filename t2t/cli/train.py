@@ -1,0 +1,87 @@
+"""t2t-train: generate missing shards, train (resuming from run_dir), print metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from t2t.cli.common import build_problem, run_hydra
+from t2t.errors import UserError
+
+
+def checkpoint_info(problem: Any, problem_dir: Path, model_config: Any) -> dict[str, Any]:
+    """What t2t-decode and t2t-eval need to rebuild the model without the shards."""
+    from t2t.data import read_meta
+
+    meta = read_meta(problem_dir)
+    vocab = {role: {"file": m["vocab"], "data": (problem_dir / m["vocab"]).read_bytes()}
+             for role, m in meta["modalities"].items() if m.get("vocab")}
+    return {"problems": [{"name": problem.name, "options": problem.options, "vocab": vocab,
+                          "keys": {r: m["key"] for r, m in meta["modalities"].items()}}],
+            "model": dataclasses.asdict(model_config)}
+
+
+def shards_for(problem: Any, config: Any) -> Path:
+    """Generate the shards on the first process of each node; the others wait for them."""
+    from t2t.data import generate
+
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        return generate(problem, config.data_dir, **config.datagen)
+    meta = Path(config.data_dir) / problem.name / "meta.json"
+    while not meta.is_file():
+        time.sleep(2)
+    return meta.parent
+
+
+def train(config: Any) -> None:
+    import hydra
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from t2t.cli.report import print_report
+    from t2t.datamodule import T2TDataModule
+    from t2t.lit_module import T2TLitModule
+    from t2t.model import T2TModel
+
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    problem = build_problem(config.problem)
+    problem_dir = shards_for(problem, config)
+    model_config = hydra.utils.instantiate(config.model)
+    model = T2TModel(model_config, [(problem.inputs, problem.targets)])
+    module = T2TLitModule(
+        model, [problem], **config.optim, max_steps=config.trainer.max_steps,
+        val_decode_batches=config.eval.decode_batches, beam_size=config.eval.beam_size,
+        record_samples=config.record_samples,
+        max_decode_length=config.eval.max_decode_length,
+        checkpoint_info=checkpoint_info(problem, problem_dir, model_config))
+    datamodule = T2TDataModule(problem, problem_dir, seed=config.seed, **config.data)
+
+    run_dir = Path(config.run_dir)
+    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True,
+                                  every_n_train_steps=config.checkpoint_every)
+    trainer = hydra.utils.instantiate(
+        config.trainer, default_root_dir=str(run_dir), callbacks=[checkpoints],
+        logger=[TensorBoardLogger(run_dir, name="tb"), CSVLogger(run_dir, name="csv")])
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if trainer.is_global_zero:
+        print(f"t2t-train: {problem.name}, {model.body.num_parameters():,} body parameters, "
+              f"run_dir {run_dir}" + (f", resuming from {last}" if last.is_file() else ""))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
+    if trainer.interrupted:
+        raise UserError(f"training interrupted; run the same command again to resume from "
+                        f"{last}")
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+    if trainer.is_global_zero:
+        print_report(module, trainer, examples=config.eval.examples)
+
+
+def main() -> None:
+    run_hydra("t2t-train", "train", train)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""The LightningModule: loss, optimizer and schedule, validation metrics. Thin on purpose:
+the network is `t2t.model.T2TModel`, decoding is `t2t.decoding`."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from t2t import decoding
+from t2t.inference import decode_ids
+from t2t.metrics import get_metric
+from t2t.model import T2TModel
+from t2t.problem import Problem
+
+EOS, PAD = decoding.EOS, decoding.PAD
+
+
+def add_eos(targets: torch.Tensor) -> torch.Tensor:
+    """(B, T) PAD-padded ids -> (B, T+1) labels with EOS after each row's last token."""
+    lengths = (targets != PAD).sum(dim=1)
+    labels = F.pad(targets, (0, 1), value=PAD)
+    labels[torch.arange(len(labels), device=labels.device), lengths] = EOS
+    return labels
+
+
+def lr_factor(step: int, warmup_steps: int, schedule: str, max_steps: int) -> float:
+    """Multiplier of the peak learning rate at an optimizer step."""
+    step = max(step, 1)
+    if step < warmup_steps:
+        return step / warmup_steps
+    if schedule == "inverse_sqrt":
+        return math.sqrt(warmup_steps / step) if warmup_steps else 1.0 / math.sqrt(step)
+    if schedule == "cosine":
+        progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "constant":
+        return 1.0
+    raise ValueError(f"unknown schedule {schedule!r}: use inverse_sqrt, cosine or constant")
+
+
+class T2TLitModule(L.LightningModule):
+    def __init__(
+        self,
+        model: T2TModel,
+        problems: list[Problem],
+        *,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.98),
+        eps: float = 1e-9,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 4000,
+        schedule: str = "inverse_sqrt",
+        max_steps: int = 100_000,
+        label_smoothing: float = 0.1,
+        val_decode_batches: int = 4,
+        record_samples: str | None = None,
+        beam_size: int = 1,
+        max_decode_length: int = 256,
+        checkpoint_info: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.model, self.problems = model, problems
+        self.optim = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+        self.schedule = dict(warmup_steps=warmup_steps, schedule=schedule, max_steps=max_steps)
+        self.label_smoothing = label_smoothing
+        self.val_decode_batches, self.beam_size = val_decode_batches, beam_size
+        self.max_decode_length = max_decode_length
+        self.checkpoint_info = checkpoint_info or {}
+        self.record_samples = record_samples
+        self.examples: dict[str, list[tuple[str, str, str]]] = {}
+        self.latest_metrics: dict[str, dict[str, float]] = {}
+        self._decoded: dict[int, tuple[list, list, list]] = {}
+        self._clock: float | None = None
+
+    # -- training ------------------------------------------------------------------------------
+
+    def loss(self, batch: dict[str, Any], label_smoothing: float) -> tuple[torch.Tensor, int]:
+        logits = self.model(batch["problem"], batch["inputs"], batch["inputs_pad"],
+                            batch["targets"])  # (B, T+1, V)
+        labels = add_eos(batch["targets"])  # (B, T+1)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
+                               ignore_index=PAD, label_smoothing=label_smoothing)
+        return loss, int((labels != PAD).sum())
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, tokens = self.loss(batch, self.label_smoothing)
+        # weight 0: a filler batch that only keeps DDP ranks in step (see t2t.datamodule).
+        loss = loss * batch["weight"]
+        if self.record_samples and batch["weight"]:
+            self._record(batch)
+        now = time.perf_counter()
+        if self._clock is not None:
+            self.log("train/tokens_per_s", tokens / max(now - self._clock, 1e-9))
+        self._clock = now
+        padding = 1.0 - tokens / (batch["targets"].numel() + len(batch["targets"]))
+        self.log_dict({"train/loss": loss, "train/padding": padding,
+                       "train/lr": self.optimizers().param_groups[0]["lr"]},
+                      prog_bar=True, batch_size=len(batch["targets"]))
+        return loss
+
+    def _record(self, batch: dict[str, Any]) -> None:
+        """Append `epoch step problem keys...` to <dir>/rank<R>.tsv: which samples each rank
+        trained on, in order (to audit data splitting and resumption)."""
+        path = Path(self.record_samples) / f"rank{self.global_rank}.tsv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.write(f"{self.current_epoch}\t{self.global_step}\t{batch['problem']}\t"
+                    f"{' '.join(batch['keys'])}\n")
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.model.parameters(), **self.optim)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, **self.schedule))
+        schedule = {"scheduler": scheduler, "interval": "step"}
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+    # -- validation ----------------------------------------------------------------------------
+
+    def on_validation_epoch_start(self) -> None:
+        self._decoded = {}
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        loss, _ = self.loss(batch, 0.0)
+        problem = self.problems[batch["problem"]]
+        self.log(f"val/{problem.name}/loss", loss, sync_dist=True,
+                 batch_size=len(batch["targets"]))
+        # Decode batches spread over the split: its batches are sorted by length.
+        total = self.trainer.num_val_batches[0] if self.trainer.num_val_batches else 1
+        stride = max(1, int(total) // max(1, self.val_decode_batches))
+        if batch_idx % stride == 0 and batch_idx // stride < self.val_decode_batches:
+            self._decode_for_metrics(batch)
+
+    def _decode_for_metrics(self, batch: dict[str, Any]) -> None:
+        problem = self.problems[batch["problem"]]
+        longest = int((batch["targets"] != PAD).sum(dim=1).max())
+        predicted = decode_ids(self.model, batch["problem"], batch["inputs"],
+                               batch["inputs_pad"], beam_size=self.beam_size,
+                               max_length=min(self.max_decode_length, 2 * longest + 10))
+        sources, predictions, references = self._decoded.setdefault(batch["problem"],
+                                                                    ([], [], []))
+        for row, ids in enumerate(predicted):
+            predictions.append(problem.targets.decode(ids))
+            references.append(problem.targets.decode(batch["targets"][row]))
+            sources.append(self._describe_input(problem, batch, row))
+
+    @staticmethod
+    def _describe_input(problem: Problem, batch: dict[str, Any], row: int) -> str:
+        inputs = batch["inputs"][row][~batch["inputs_pad"][row]]
+        try:
+            return str(problem.inputs.decode(inputs))
+        except NotImplementedError:  # media inputs have no text form
+            return batch["keys"][row]
+
+    def on_validation_epoch_end(self) -> None:
+        for index, (sources, predictions, references) in self._decoded.items():
+            problem = self.problems[index]
+            scores = {name: get_metric(name)(predictions, references) for name in problem.metrics}
+            self.latest_metrics[problem.name] = scores
+            rows = list(zip(sources, predictions, references, strict=True))
+            self.examples[problem.name] = rows[:: max(1, len(rows) // 8)]  # short to long
+            # Decoded on every rank's own batches; logged from rank 0's view.
+            self.log_dict({f"val/{problem.name}/{k}": float(v) for k, v in scores.items()},
+                          rank_zero_only=True)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["t2t"] = self.checkpoint_info

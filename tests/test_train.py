@@ -1,0 +1,117 @@
+"""Training end to end: t2t-train, t2t-decode, t2t-eval; resuming after a kill; DDP."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from .conftest import run_command
+
+FAST = ["problem=algorithmic_reverse", "problem.train_size=2000", "problem.eval_size=50",
+        "model=tiny", "trainer.max_steps=30", "trainer.val_check_interval=30",
+        "trainer.enable_progress_bar=false", "data.num_workers=0"]
+
+
+def records(folder: Path) -> dict[int, list[tuple[int, int, list[str]]]]:
+    """rank -> [(epoch, step, keys)] from the record_samples logs."""
+    out = {}
+    for path in sorted(folder.glob("rank*.tsv")):
+        rows = [line.split("\t") for line in path.read_text().splitlines()]
+        out[int(path.stem[4:])] = [(int(e), int(s), keys.split()) for e, s, _, keys in rows]
+    return out
+
+
+def test_train_then_decode_and_eval(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_command("t2t-train", *FAST, f"data_dir={tmp_path / 'data'}",
+                         f"run_dir={run_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "metrics after 30 steps" in result.stdout and "exact_match" in result.stdout
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    assert checkpoint.is_file()
+
+    decoded = run_command("t2t-decode", "problem=algorithmic_reverse", f"ckpt={checkpoint}",
+                          "input=12345", "decode.beam_size=2", cwd=tmp_path)
+    assert decoded.returncode == 0, decoded.stderr
+    assert len(decoded.stdout.splitlines()) == 1
+    assert set(decoded.stdout.strip()) <= set("0123456789")
+
+    evaluated = run_command("t2t-eval", "problem=algorithmic_reverse", "problem.train_size=2000",
+                            "problem.eval_size=50", f"ckpt={checkpoint}", "split=test",
+                            f"data_dir={tmp_path / 'data'}", f"output_file={tmp_path / 'p.txt'}",
+                            cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "test: 50 examples" in evaluated.stdout and "cer" in evaluated.stdout
+    assert len((tmp_path / "p.txt").read_text().splitlines()) == 50
+
+    wrong = run_command("t2t-decode", "problem=algorithmic_sort", f"ckpt={checkpoint}",
+                        "input=1", cwd=tmp_path)
+    assert wrong.returncode == 1
+    assert "was trained on algorithmic_reverse, not algorithmic_sort" in wrong.stderr
+
+
+def test_killed_training_resumes_from_last_checkpoint(tmp_path):
+    command = [str(Path(sys.executable).parent / "t2t-train"), *FAST,
+               "problem.train_size=20000", "data.max_tokens=512", "trainer.max_steps=60",
+               "trainer.val_check_interval=1000", "checkpoint_every=10",
+               f"data_dir={tmp_path / 'data'}", f"run_dir={tmp_path / 'run'}",
+               f"record_samples={tmp_path / 'seen'}"]
+    log = tmp_path / "seen" / "rank0.tsv"
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not (log.is_file() and len(log.read_text().splitlines()) >= 25):
+        assert process.poll() is None and time.monotonic() < deadline, "training did not start"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    saved_step = checkpoint["global_step"]
+    assert 10 <= saved_step < 60
+    before = records(tmp_path / "seen")[0]
+    log.unlink()
+
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming from" in result.stdout
+    after = records(tmp_path / "seen")[0]
+    assert after[0][1] == saved_step  # the step count continues...
+    assert after[-1][1] == 59 and len(after) == 60 - saved_step
+    assert after[0][0] == 0  # ...inside the same epoch (the kill was mid-epoch)...
+    trained = {key for _, step, keys in before if step < saved_step for key in keys}
+    assert trained.isdisjoint(key for _, _, keys in after for key in keys)  # ...with new data
+    final = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    adam_steps = {float(s["step"]) for s in final["optimizer_states"][0]["state"].values()}
+    assert adam_steps == {60.0}  # Adam's moments were restored, not restarted at the kill
+
+
+@pytest.mark.timeout(600)
+def test_ddp_two_cpu_processes_see_every_sample_once_per_epoch(tmp_path):
+    result = run_command(
+        "t2t-train", "problem=algorithmic_copy", "problem.train_size=600",
+        "problem.eval_size=40", "model=tiny", "trainer=ddp", "trainer.accelerator=cpu",
+        "trainer.devices=2", "trainer.max_steps=-1", "trainer.max_epochs=2",
+        "trainer.enable_progress_bar=false", "data.max_tokens=256", "data.window=128",
+        "datagen.samples_per_shard=200", "data.num_workers=1",
+        f"data_dir={tmp_path / 'data'}", f"run_dir={tmp_path / 'run'}",
+        f"record_samples={tmp_path / 'seen'}", cwd=tmp_path, timeout=580)
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = records(tmp_path / "seen")
+    assert sorted(seen) == [0, 1]
+    steps = {rank: [step for _, step, _ in rows] for rank, rows in seen.items()}
+    assert steps[0] == steps[1] and steps[0] == list(range(len(steps[0])))
+    for epoch in (0, 1):
+        keys = defaultdict(int)
+        for rows in seen.values():
+            for e, _, batch in rows:
+                if e == epoch:
+                    for key in batch:
+                        keys[key] += 1
+        assert len(keys) == 600 and set(keys.values()) == {1}, f"epoch {epoch}"
