@@ -23,9 +23,13 @@ def print_report(module: Any, trainer: Any, examples: int = 3) -> None:
             table.add_row(problem.name, name, f"{value:.4f}")
     console.print(table)
     for problem in module.problems:
-        rows = module.examples.get(problem.name, [])[:examples]
-        if not rows:
+        decoded = module.examples.get(problem.name, [])
+        if not decoded or examples < 1:
             continue
+        # Evenly spaced over what validation decoded (short to long).
+        picks = sorted({round(i * (len(decoded) - 1) / max(1, examples - 1))
+                        for i in range(examples)})
+        rows = [decoded[i] for i in picks]
         table = Table(title=f"{problem.name}: example decodes")
         for column in ("input", "prediction", "reference"):
             table.add_column(column, overflow="fold")
