@@ -1,4 +1,5 @@
-"""Every registered problem: generate a few samples, encode, write a shard, read it back."""
+"""Every registered problem: generate a few samples, encode, write a shard, read it back,
+train one step and decode with the tiny model."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ import torch
 
 from modalities import TextModality
 from t2t import data
+from t2t.datamodule import PlannedBatches, PlanSettings
+from t2t.inference import decode_raw
+from t2t.lit_module import T2TLitModule
 from t2t.metrics import METRICS
+from t2t.model import PRESETS, T2TModel
 from t2t.registry import discover, problems
 
 from .conftest import dataset_dir
@@ -56,3 +61,17 @@ def test_problem_round_trips_through_a_shard(name, tmp_path):
                 assert torch.equal(sample[role], expected), (name, split, role)
                 if isinstance(modality, TextModality):
                     assert modality.decode(sample[role]) == raw[role]
+
+    # One training step and one decode with the tiny model on those shards.
+    model = T2TModel(PRESETS["tiny"], [(problem.inputs, problem.targets)])
+    module = T2TLitModule(model, [problem])
+    batch = next(iter(PlannedBatches(problem, problem_dir, "train", 0, PlanSettings())))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss, tokens = module.loss(batch, label_smoothing=0.1)
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss) and tokens > 0
+    raw_inputs = [raw["inputs"] for raw in itertools.islice(problem.generate_samples("test"
+                  if "test" in problem.splits else "validation"), 2)]
+    predictions = decode_raw(model.eval(), problem, 0, raw_inputs, beam_size=2, max_length=8)
+    assert len(predictions) == 2

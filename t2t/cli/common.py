@@ -124,11 +124,31 @@ def _flat_keys(node: Any, prefix: str = "") -> list[str]:
     return keys
 
 
-def check_overrides(command: str, config_name: str, overrides: list[str]) -> None:
+# Hydra's own flags that take a value (`--cfg job`): not overrides.
+_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name",
+                     "-cn", "--config-dir", "-cd", "--info", "-i", "--experimental-rerun"}
+
+
+def split_overrides(argv: list[str]) -> list[str]:
+    """The key=value overrides among the command-line arguments (Hydra's flags removed)."""
+    overrides, skip = [], False
+    for argument in argv:
+        if skip:
+            skip = False
+        elif argument in _FLAGS_WITH_VALUE:
+            skip = True
+        elif not argument.startswith("-"):
+            overrides.append(argument)
+    return overrides
+
+
+def check_overrides(command: str, config_name: str, argv: list[str]) -> None:
     """Fail with one clear line on an unknown group choice, key or a badly typed value."""
     from hydra import compose, initialize_config_dir
 
     from t2t.registry import problems
+
+    overrides = split_overrides(argv)
 
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         from hydra.core.global_hydra import GlobalHydra
@@ -137,8 +157,6 @@ def check_overrides(command: str, config_name: str, overrides: list[str]) -> Non
         groups = set(loader.list_groups(""))
         group_overrides, value_keys = [], []
         for override in overrides:
-            if override.startswith("-"):
-                continue  # Hydra's own flags (--cfg, --help, ...)
             if "=" not in override:
                 raise UserError(f"argument '{override}' is not key=value; "
                                 f"`{command} --help` shows the options")
@@ -168,7 +186,7 @@ def check_overrides(command: str, config_name: str, overrides: list[str]) -> Non
             if key not in known:
                 _unknown_key(command, key, known, config)
         try:
-            compose(config_name, overrides=[o for o in overrides if not o.startswith("-")])
+            compose(config_name, overrides=overrides)
         except Exception as error:
             cause = error.__cause__ or error
             message = (getattr(cause, "msg", None) or str(cause)).splitlines()[0]

@@ -1,0 +1,49 @@
+"""Every config file composes, and the model configs are the presets the code documents."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import hydra
+import pytest
+from hydra import compose, initialize_config_dir
+
+from t2t.cli.common import CONFIG_DIR, register_problem_configs
+from t2t.model import PRESETS, ModelConfig
+from t2t.registry import discover
+
+discover()
+register_problem_configs()
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_composes(experiment):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        config = compose("train", overrides=[f"experiment={experiment}"])
+    model = hydra.utils.instantiate(config.model)
+    assert isinstance(model, ModelConfig)
+    assert config.problem.name and config.trainer.max_steps > 0
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_model_yaml_matches_preset(name):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        config = compose("train", overrides=[f"model={name}"])
+    assert asdict(hydra.utils.instantiate(config.model)) == asdict(PRESETS[name])
+
+
+@pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp", "fsdp"])
+def test_trainer_configs_compose(trainer):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        config = compose("train", overrides=[f"trainer={trainer}"])
+    assert config.trainer._target_ == "lightning.pytorch.Trainer"
+    assert config.trainer.use_distributed_sampler is False
+
+
+@pytest.mark.parametrize("command", ["datagen", "decode", "eval"])
+def test_command_configs_compose(command):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        overrides = ["problem=algorithmic_copy"] + (["ckpt=x"] if command != "datagen" else [])
+        config = compose(command, overrides=overrides)
+    assert config.problem.name == "algorithmic_copy" and config.data_dir
