@@ -120,6 +120,7 @@ def generate(
     max_length: int | None = 256,
     compress: bool = True,
     max_samples: int | None = None,
+    on_bad_example: str = "error",
     workers: int = 1,
     progress: bool = True,
 ) -> Path:
@@ -131,7 +132,8 @@ def generate(
     """
     problem_dir = Path(data_dir) / problem.name
     settings = {"samples_per_shard": samples_per_shard, "max_length": max_length,
-                "compress": compress, "max_samples": max_samples}
+                "compress": compress, "max_samples": max_samples,
+                "on_bad_example": on_bad_example}
     print_fn = _printer(progress)
     fp = fingerprint(problem, settings)
 
@@ -165,19 +167,23 @@ def generate(
         },
         "splits": {},
     }
-    pool = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(problem, max_length)
+    if on_bad_example not in ("error", "skip"):
+        raise UserError(f"datagen.on_bad_example={on_bad_example!r}: use error or skip")
+    worker_args = (problem, max_length, on_bad_example)
+    pool = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=worker_args
                                ) if workers > 1 else None
     if pool is None:
-        _init_worker(problem, max_length)
+        _init_worker(*worker_args)
     try:
         for split in problem.splits:
-            chunks, dropped = _encode_split(problem, split, work, chunk_size, max_samples, pool,
-                                            workers, progress)
+            chunks, dropped, bad = _encode_split(problem, split, work, chunk_size, max_samples,
+                                                 pool, workers, progress)
             shards = _write_shards(problem, split, chunks, problem_dir, samples_per_shard,
                                    compress)
             meta["splits"][split] = {
                 "count": sum(s["count"] for s in shards),
                 "dropped": dropped,
+                "bad_examples": bad[:100],  # the first reasons, when on_bad_example=skip
                 "lengths": f"{split}-lengths.npy",
                 "shards": shards,
             }
@@ -241,36 +247,50 @@ def _fit_vocabularies(
 _worker: dict[str, Any] = {}
 
 
-def _init_worker(problem: Problem, max_length: int | None) -> None:
-    _worker.update(problem=problem, max_length=max_length)
+def _init_worker(problem: Problem, max_length: int | None, on_bad_example: str) -> None:
+    _worker.update(problem=problem, max_length=max_length, on_bad_example=on_bad_example)
 
 
 def _encode_chunk(split: str, first_index: int, raws: list[dict], path: Path) -> dict[str, int]:
+    """Encode raw samples; drop (and count) empty, over-long and, under on_bad_example=skip,
+    unreadable ones. A sample may carry "references" (all acceptable targets, for metrics)."""
     problem: Problem = _worker["problem"]
-    max_length = _worker["max_length"]
-    samples, dropped = [], {"empty": 0, "too_long": 0}
+    max_length, skip_bad = _worker["max_length"], _worker["on_bad_example"] == "skip"
+    samples, dropped, bad = [], {"empty": 0, "too_long": 0, "bad": 0}, []
     for offset, raw in enumerate(raws):
         index = first_index + offset
         if not isinstance(raw, dict) or not all(r in raw for r in ROLES):
             raise UserError(f"problem {problem.name}: sample {index} of split {split} is "
                             f"{type(raw).__name__} {str(raw)[:80]!r}; generate_samples must "
                             f"yield dicts with 'inputs' and 'targets'")
-        encoded = {r: getattr(problem, r).encode(raw[r]) for r in ROLES}
+        try:
+            encoded = {r: getattr(problem, r).encode(raw[r]) for r in ROLES}
+        except UserError as error:
+            if not skip_bad:
+                raise UserError(f"{error} (datagen.on_bad_example=skip skips such examples "
+                                f"and counts them)") from None
+            dropped["bad"] += 1
+            bad.append(f"{split} sample {index}: {error}")
+            continue
         lengths = [getattr(problem, r).length(encoded[r]) for r in ROLES]
+        limited = [n for r, n in zip(ROLES, lengths, strict=True)
+                   if getattr(problem, r).length_limited]
         if min(lengths) == 0:
             dropped["empty"] += 1
-        elif max_length is not None and max(lengths) > max_length:
+        elif max_length is not None and limited and max(limited) > max_length:
             dropped["too_long"] += 1
         else:
-            samples.append((index, encoded["inputs"], encoded["targets"]))
-    write_atomic(path, pickle.dumps({"samples": samples, "dropped": dropped}))
+            references = raw.get("references")
+            samples.append((index, encoded["inputs"], encoded["targets"],
+                            json.dumps(list(references)).encode() if references else None))
+    write_atomic(path, pickle.dumps({"samples": samples, "dropped": dropped, "bad": bad}))
     return dropped
 
 
 def _encode_split(
     problem: Problem, split: str, work: Path, chunk_size: int, max_samples: int | None,
     pool: ProcessPoolExecutor | None, workers: int, progress: bool,
-) -> tuple[list[Path], dict[str, int]]:
+) -> tuple[list[Path], dict[str, int], list[str]]:
     """Stage 1: encode the split chunk by chunk, in parallel; skip chunks already on disk."""
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -303,14 +323,16 @@ def _encode_split(
             bar.advance(task, len(raws))
         for future in pending:
             future.result()
-    dropped = {"empty": 0, "too_long": 0}
+    dropped, bad = {"empty": 0, "too_long": 0, "bad": 0}, []
     for path in chunks:
-        for reason, count in pickle.loads(path.read_bytes())["dropped"].items():
+        chunk = pickle.loads(path.read_bytes())
+        for reason, count in chunk["dropped"].items():
             dropped[reason] += count
-    return chunks, dropped
+        bad += chunk["bad"]
+    return chunks, dropped, bad
 
 
-def _chunk_samples(chunks: list[Path], shuffle: bool) -> Iterator[tuple[int, bytes, bytes]]:
+def _chunk_samples(chunks: list[Path], shuffle: bool) -> Iterator[tuple]:
     """The kept samples chunk by chunk; shuffled (chunk order and within chunks, seeded) for
     training, since sources are often sorted and readers shuffle only within a window."""
     rng = random.Random(0)
@@ -345,12 +367,14 @@ def _write_shards(
                                     if compress else contextlib.nullcontext(f)) as stream:
             writer = wds.TarWriter(stream, user="t2t", group="t2t", mtime=0.0, encoder=False,
                                    format=tarfile.USTAR_FORMAT)
-            for index, inputs, targets in itertools.islice(samples, size):
+            for index, inputs, targets, references in itertools.islice(samples, size):
                 lengths.append([getattr(problem, r).length(v) for r, v in
                                 (("inputs", inputs), ("targets", targets))])
-                writer.write({"__key__": f"{index:09d}",
-                              f"inputs.{extensions['inputs']}": inputs,
-                              f"targets.{extensions['targets']}": targets})
+                sample = {"__key__": f"{index:09d}", f"inputs.{extensions['inputs']}": inputs,
+                          f"targets.{extensions['targets']}": targets}
+                if references is not None:
+                    sample["references.json"] = references
+                writer.write(sample)
             writer.close()
         os.replace(tmp, problem_dir / name)
         path = problem_dir / name
@@ -418,13 +442,16 @@ def _verified_shards(shards: Iterable[dict]) -> Iterator[dict]:
 
 
 def _fields(samples: Iterable[dict]) -> Iterator[dict[str, Any]]:
-    """WebDataset sample {"__key__", "inputs.ids", ...} -> {"key", "inputs", "targets"} bytes."""
+    """WebDataset sample {"__key__", "inputs.ids", ...} -> {"key", "inputs", "targets"} bytes
+    (and "references": list of strings, for samples that carry several)."""
     for sample in samples:
         out = {"key": sample["__key__"]}
         for name, value in sample.items():
             role = name.split(".", 1)[0]
             if role in ROLES:
                 out[role] = value
+            elif role == "references":
+                out[role] = json.loads(value)
         yield out
 
 
@@ -448,6 +475,5 @@ def read_split(problem: Problem, problem_dir: Path, split: str) -> Iterator[dict
     meta = read_meta(problem_dir)
     restore_vocabularies(problem, problem_dir, meta)
     for sample in shard_pipeline(split_shards(problem_dir, split, meta), split_by_node=False):
-        yield {"key": sample["key"],
-               **{r: getattr(problem, r).load(sample[r]) for r in ROLES}}
+        yield {**sample, **{r: getattr(problem, r).load(sample[r]) for r in ROLES}}
 

@@ -111,8 +111,9 @@ class PlannedBatches(IterableDataset):
     """Yields the batches of one rank's epoch plan, from shards, in plan order."""
 
     def __init__(self, problem: Problem, problem_dir: Path, split: str, problem_index: int,
-                 settings: PlanSettings, world: int = 1, rank: int = 0):
+                 settings: PlanSettings, world: int = 1, rank: int = 0, augment: bool = False):
         self.problem, self.problem_index, self.settings = problem, problem_index, settings
+        self.augment = augment
         meta = read_meta(problem_dir)
         restore_vocabularies(problem, problem_dir, meta)
         self.shards = split_shards(problem_dir, split, meta)
@@ -163,14 +164,16 @@ class PlannedBatches(IterableDataset):
             range(starts[i], starts[i] + self.counts[i]) for i in shard_ids)
         for index, raw in zip(offsets, stream, strict=True):
             if index in needed:
-                yield index, {"key": raw["key"],
-                              **{r: getattr(self.problem, r).load(raw[r]) for r in ROLES}}
+                yield index, {"key": raw["key"], "references": raw.get("references"),
+                              **{r: getattr(self.problem, r).load(raw[r], augment=self.augment)
+                                 for r in ROLES}}
 
     def _collate(self, samples: list[dict], weight: float) -> dict[str, Any]:
         inputs, inputs_pad = self.problem.inputs.collate([s["inputs"] for s in samples])
         targets, _ = self.problem.targets.collate([s["targets"] for s in samples])
         return {"problem": self.problem_index, "inputs": inputs, "inputs_pad": inputs_pad,
-                "targets": targets, "keys": [s["key"] for s in samples], "weight": weight}
+                "targets": targets, "keys": [s["key"] for s in samples], "weight": weight,
+                "references": [s["references"] for s in samples]}
 
 
 class PlannedLoader(DataLoader):
@@ -236,7 +239,7 @@ class T2TDataModule(L.LightningDataModule):
     def train_dataloader(self) -> PlannedLoader:
         world, rank = self._ranks()
         dataset = PlannedBatches(self.problem, self.problem_dir, "train", 0, self.settings,
-                                 world, rank)
+                                 world, rank, augment=True)
         return make_loader(dataset, self.num_workers,
                            trainer_progress=self._progress if self.trainer else None)
 

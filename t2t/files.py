@@ -19,20 +19,27 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
+    return file_digest(path, "sha256")
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
-def download(url: str, dest: Path, *, sha256: str | None, raw_dir_hint: str) -> Path:
-    """Fetch url to dest unless it is already there; resume a partial download; check sha256.
+def download(url: str, dest: Path, *, sha256: str | None = None, md5: str | None = None,
+             raw_dir_hint: str) -> Path:
+    """Fetch url to dest unless it is already there; resume a partial download; check the
+    published checksum (sha256, or md5 where that is all the source publishes).
 
     raw_dir_hint names the option that points at a local copy (e.g. "problem.raw_dir=DIR"),
     so that an offline user is told how to get going.
     """
-    if dest.is_file() and (sha256 is None or sha256_file(dest) == sha256):
+    algorithm, expected = ("sha256", sha256) if sha256 or not md5 else ("md5", md5)
+    if dest.is_file() and (expected is None or file_digest(dest, algorithm) == expected):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -51,9 +58,9 @@ def download(url: str, dest: Path, *, sha256: str | None, raw_dir_hint: str) -> 
             f"could not download {url} ({reason}); with no network, put the file in a folder "
             f"and pass {raw_dir_hint}"
         ) from None
-    if sha256 is not None and (actual := sha256_file(part)) != sha256:
+    if expected is not None and (actual := file_digest(part, algorithm)) != expected:
         part.unlink()
-        raise UserError(f"download of {url} is corrupt (sha256 {actual}, expected {sha256}); "
-                        f"run again, or pass {raw_dir_hint} with a good copy")
+        raise UserError(f"download of {url} is corrupt ({algorithm} {actual}, expected "
+                        f"{expected}); run again, or pass {raw_dir_hint} with a good copy")
     os.replace(part, dest)
     return dest

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from t2t import decoding
 from t2t.inference import decode_ids
 from t2t.metrics import get_metric
+from t2t.modality import Modality
 from t2t.model import T2TModel
 from t2t.problem import Problem
 
@@ -146,16 +147,15 @@ class T2TLitModule(L.LightningModule):
                                                                     ([], [], []))
         for row, ids in enumerate(predicted):
             predictions.append(problem.targets.decode(ids))
-            references.append(problem.targets.decode(batch["targets"][row]))
+            references.append(batch["references"][row]
+                              or problem.targets.decode(batch["targets"][row]))
             sources.append(self._describe_input(problem, batch, row))
 
     @staticmethod
     def _describe_input(problem: Problem, batch: dict[str, Any], row: int) -> str:
-        inputs = batch["inputs"][row][~batch["inputs_pad"][row]]
-        try:
-            return str(problem.inputs.decode(inputs))
-        except NotImplementedError:  # media inputs have no text form
-            return batch["keys"][row]
+        if type(problem.inputs).decode is Modality.decode:  # media: no text form, show the key
+            return f"sample {batch['keys'][row]}"
+        return str(problem.inputs.decode(batch["inputs"][row]))
 
     def on_validation_epoch_end(self) -> None:
         for index, (sources, predictions, references) in self._decoded.items():

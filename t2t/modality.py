@@ -22,6 +22,9 @@ class Modality:
 
     kind: ClassVar[str] = ""  # short name: "text", "image", ...
     extension: ClassVar[str] = "bin"  # suffix of the stored value inside a shard
+    # Whether datagen drops samples longer than max_length (False where `load` scales every
+    # value to a bounded size anyway, as images are).
+    length_limited: ClassVar[bool] = True
 
     @property
     def key(self) -> str:
@@ -45,8 +48,9 @@ class Modality:
         """Raw value -> the compact bytes stored in a shard."""
         raise NotImplementedError
 
-    def load(self, data: bytes) -> torch.Tensor:
-        """Stored bytes -> tensor; runs in data-loader workers."""
+    def load(self, data: bytes, augment: bool = False) -> torch.Tensor:
+        """Stored bytes -> tensor; runs in data-loader workers. `augment` is True for training
+        batches: modalities with random augmentation apply it here."""
         raise NotImplementedError
 
     def length(self, data: bytes) -> int:

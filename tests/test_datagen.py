@@ -30,7 +30,8 @@ def test_meta_json_describes_equal_shards(tmp_path):
     assert meta["options"]["train_size"] == 1000
     assert meta["modalities"]["inputs"]["key"] == problem.inputs.key
     train = meta["splits"]["train"]
-    assert train["count"] == 1000 and train["dropped"] == {"empty": 0, "too_long": 0}
+    assert train["count"] == 1000
+    assert train["dropped"] == {"empty": 0, "too_long": 0, "bad": 0}
     counts = [s["count"] for s in train["shards"]]
     assert sum(counts) == 1000 and len(counts) == 3 and max(counts) - min(counts) <= 1
     for shard in train["shards"]:
@@ -114,7 +115,7 @@ def test_empty_and_over_long_examples_are_dropped_and_counted(tmp_path):
     problem_dir = data.generate(Uneven(), tmp_path, max_length=20, **SETTINGS)
     split = data.read_meta(problem_dir)["splits"]["train"]
     assert split["count"] == 2
-    assert split["dropped"] == {"empty": 1, "too_long": 1}
+    assert split["dropped"] == {"empty": 1, "too_long": 1, "bad": 0}
 
 
 class NotDicts(Problem):

@@ -29,11 +29,25 @@ def _text_pairs_files(tmp_path: Path) -> dict:
     return {"train": str(tsv), "vocab": "byte"}
 
 
+def _image_folder(tmp_path: Path) -> dict:
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    with open(folder / "metadata.jsonl", "w") as f:
+        for i in range(30):
+            Image.new("RGB", (40 + i, 20), color=(i * 8, 100, 200)).save(folder / f"{i}.png")
+            f.write(f'{{"file_name": "{i}.png", "text": ["picture {i}", "image {i}"]}}\n')
+    return {"raw_dir": str(folder), "vocab": "byte", "height": 16, "max_width": 64}
+
+
 # Options a problem needs to run here (local data instead of downloads). A problem missing
 # from this table must work with its defaults: the test fails otherwise, loudly.
 TEST_OPTIONS = {
     "translate_deen_multi30k": lambda tmp: {"raw_dir": str(dataset_dir("multi30k"))},
     "text_pairs": _text_pairs_files,
+    "mnist_digit_strings": lambda tmp: {"raw_dir": str(dataset_dir("mnist"))},
+    "image_text_folder": _image_folder,
 }
 
 

@@ -11,13 +11,16 @@ from t2t.cli.common import run_hydra
 from t2t.errors import UserError
 
 
-def read_inputs(config: Any) -> list[str]:
+def read_inputs(config: Any, input_kind: str) -> list[Any]:
+    """Text: one input per line. Media (image, audio): input_file (or input) is one file."""
     if config.input is not None:
         return [str(config.input)]
     if config.input_file is not None:
         path = Path(config.input_file)
         if not path.is_file():
             raise UserError(f"input_file {path} not found")
+        if input_kind != "text":
+            return [path]
         return path.read_text(encoding="utf-8").splitlines()
     return sys.stdin.read().splitlines()
 
@@ -30,7 +33,7 @@ def decode(config: Any) -> None:
     problem = problems[index]
     out = open(config.output_file, "w", encoding="utf-8") if config.output_file else sys.stdout
     try:
-        for chunk in batches(read_inputs(config), config.decode.batch_size):
+        for chunk in batches(read_inputs(config, problem.inputs.kind), config.decode.batch_size):
             predictions = decode_raw(model, problem, index, chunk,
                                      beam_size=config.decode.beam_size,
                                      length_penalty=config.decode.length_penalty,

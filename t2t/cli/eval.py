@@ -46,7 +46,7 @@ def evaluate(config: Any) -> None:
         by_position.update(zip(chunk, decoded, strict=True))
     predictions = [by_position[i] for i in range(len(samples))]
     seconds = time.perf_counter() - start
-    references = [problem.targets.decode(s["targets"]) for s in samples]
+    references = [s.get("references") or problem.targets.decode(s["targets"]) for s in samples]
     if config.output_file:
         with open(config.output_file, "w", encoding="utf-8") as f:
             f.writelines(f"{p}\n" for p in predictions)

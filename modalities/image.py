@@ -1,0 +1,156 @@
+"""Images as patch sequences (ViT-style) for the shared encoder.
+
+Stored in shards as PNG (lossless) or JPEG bytes, as given; decoded in data-loader workers
+with torchvision.io and scaled to `height` pixels keeping the aspect ratio (narrower than
+`max_width`, else scaled to fit it and padded below). A batch pads widths to its widest image;
+the bottom cuts `patch_size` squares, embeds them with one strided convolution, adds learned
+row and column embeddings (2-D position) and masks the patches that are only padding.
+Grayscale (channels=1) and RGB (channels=3) both work; images are converted on load.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from t2t.errors import UserError
+from t2t.modality import Modality
+from t2t.registry import register_modality
+
+
+def _pil_image(raw: Any):
+    """PIL image from a PIL image, an (H, W[, C]) uint8 array, encoded bytes or a file path."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(raw, Image.Image):
+        return raw
+    if isinstance(raw, np.ndarray | torch.Tensor):
+        array = np.asarray(raw)
+        if array.dtype != np.uint8:
+            raise UserError(f"image arrays must be uint8 (0-255), got {array.dtype}")
+        return Image.fromarray(array)
+    name = str(raw) if isinstance(raw, str | Path) else "image bytes"
+    try:
+        if isinstance(raw, bytes | bytearray):
+            image = Image.open(io.BytesIO(raw))
+        else:
+            image = Image.open(Path(raw))
+        image.load()  # decode now: a truncated file fails here, with its name
+        return image
+    except FileNotFoundError:
+        raise UserError(f"{name}: image file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise UserError(f"{name}: not a readable image ({error})") from None
+
+
+@register_modality("image")
+class ImageModality(Modality):
+    """Images (inputs only): height x (up to) max_width pixels, cut into patch_size patches."""
+
+    kind = "image"
+    extension = "png"
+    length_limited = False  # scaled to height x max_width on load
+
+    def __init__(self, height: int = 32, max_width: int = 256, channels: int = 1,
+                 patch_size: int = 4, augment: bool = False):
+        if channels not in (1, 3):
+            raise UserError(f"ImageModality channels must be 1 (grayscale) or 3 (RGB), "
+                            f"got {channels}")
+        if height % patch_size or max_width % patch_size:
+            raise UserError(f"ImageModality: height {height} and max_width {max_width} must "
+                            f"be multiples of patch_size {patch_size}")
+        self.height, self.max_width, self.channels = height, max_width, channels
+        self.patch_size, self.augment = patch_size, augment
+
+    @property
+    def key(self) -> str:
+        return f"image:{self.channels}x{self.height}x{self.max_width}:p{self.patch_size}"
+
+    def describe(self) -> str:
+        return f"image({'gray' if self.channels == 1 else 'rgb'} {self.height}px)"
+
+    # -- data ------------------------------------------------------------------------------
+
+    def encode(self, raw: Any) -> bytes:
+        image = _pil_image(raw).convert("L" if self.channels == 1 else "RGB")
+        out = io.BytesIO()
+        image.save(out, format="PNG")
+        return out.getvalue()
+
+    def _scaled_size(self, width: int, height: int) -> tuple[int, int]:
+        scale = min(self.height / height, self.max_width / width)
+        return max(1, round(width * scale)), max(1, round(height * scale))
+
+    def load(self, data: bytes, augment: bool = False) -> torch.Tensor:
+        """(C, height, W) uint8 with W <= max_width."""
+        from torchvision.io import ImageReadMode, decode_image
+        from torchvision.transforms.v2 import functional as F
+
+        mode = ImageReadMode.GRAY if self.channels == 1 else ImageReadMode.RGB
+        image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode)
+        width, height = self._scaled_size(image.shape[2], image.shape[1])
+        image = F.resize(image, [height, width], antialias=True)
+        if augment and self.augment:
+            image = self._augmentation()(image)
+        if height < self.height:  # images wider than max_width: pad below
+            image = F.pad(image, [0, 0, 0, self.height - height])
+        return image
+
+    @staticmethod
+    def _augmentation():
+        from torchvision.transforms import v2
+
+        return v2.Compose([
+            v2.RandomAffine(degrees=3, translate=(0.03, 0.08), scale=(0.9, 1.05), shear=5),
+            v2.ColorJitter(brightness=0.3, contrast=0.3),
+        ])
+
+    def length(self, data: bytes) -> int:
+        from PIL import Image
+
+        width, height = Image.open(io.BytesIO(data)).size  # reads the header only
+        scaled_width, _ = self._scaled_size(width, height)
+        return (self.height // self.patch_size) * math.ceil(scaled_width / self.patch_size)
+
+    def collate(self, values: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, height, W) uint8 padded on the right to whole patches, and the (B, T)
+        patch padding mask (row-major patch order, True = padding)."""
+        p = self.patch_size
+        columns = [math.ceil(v.shape[2] / p) for v in values]
+        width = max(columns) * p
+        batch = torch.zeros(len(values), self.channels, self.height, width, dtype=torch.uint8)
+        for i, image in enumerate(values):
+            batch[i, :, :, : image.shape[2]] = image
+        column_is_pad = torch.arange(max(columns))[None, :] >= torch.tensor(columns)[:, None]
+        mask = column_is_pad[:, None, :].expand(-1, self.height // p, -1).flatten(1)
+        return batch, mask
+
+    # -- model side ------------------------------------------------------------------------
+
+    def bottom(self, d_model: int) -> nn.Module:
+        return ImagePatches(self.channels, self.patch_size, d_model,
+                            rows=self.height // self.patch_size,
+                            columns=self.max_width // self.patch_size)
+
+
+class ImagePatches(nn.Module):
+    """(B, C, H, W) uint8 -> (B, rows*cols, d_model) patch embeddings with 2-D positions."""
+
+    def __init__(self, channels: int, patch_size: int, d_model: int, rows: int, columns: int):
+        super().__init__()
+        self.project = nn.Conv2d(channels, d_model, kernel_size=patch_size, stride=patch_size)
+        self.row = nn.Parameter(torch.randn(rows, d_model) * 0.02)
+        self.column = nn.Parameter(torch.randn(columns, d_model) * 0.02)
+
+    def forward(self, images: torch.Tensor, pad_mask: torch.Tensor):
+        x = images.float() / 127.5 - 1.0  # [0, 255] -> [-1, 1], on the device
+        x = self.project(x)  # (B, C, rows, cols)
+        rows, cols = x.shape[2], x.shape[3]
+        x = x + self.row[:rows].T[None, :, :, None] + self.column[:cols].T[None, :, None, :]
+        return x.flatten(2).transpose(1, 2), pad_mask  # (B, rows*cols, C), (B, rows*cols)

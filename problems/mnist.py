@@ -1,0 +1,128 @@
+"""Handwritten digit strings made of real MNIST digits.
+
+Source: the official MNIST IDX files (downloaded when `raw_dir` is not given), or in
+`raw_dir` either those IDX files or a CSV (optionally gzipped) of 784 pixel values (28x28,
+row-major, 0-255) then the label per row, such as `../shared/datasets/mnist/mnist_4k.csv.gz`.
+Every split draws from its own digit images: test digits never appear in training images.
+"""
+
+from __future__ import annotations
+
+import gzip
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from modalities import ImageModality, TextModality
+from t2t import Problem, register_problem
+from t2t.errors import UserError
+from t2t.files import download
+from t2t.problem import resolve_raw_dir
+
+MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+# The md5 sums the MNIST mirrors publish (torchvision checks the same).
+MNIST_FILES = {
+    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    dims = data[3]
+    shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims)]
+    if data[2] != 0x08 or len(data) != 4 + 4 * dims + int(np.prod(shape)):
+        raise UserError(f"{path}: not an MNIST IDX file of unsigned bytes (or truncated)")
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 28, 28) uint8 images and (N,) labels from rows of 784 pixels + label."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    images, labels = [], []
+    with opener(path, "rt") as f:
+        for number, line in enumerate(f, start=1):
+            fields = line.strip().split(",")
+            if not line.strip():
+                continue
+            if len(fields) != 785:
+                raise UserError(f"{path}:{number}: expected 785 values (784 pixels, label), "
+                                f"found {len(fields)}")
+            try:
+                values = [int(v) for v in fields]
+            except ValueError:
+                raise UserError(f"{path}:{number}: values must be integers") from None
+            images.append(values[:784])
+            labels.append(values[784])
+    return (np.asarray(images, dtype=np.uint8).reshape(-1, 28, 28),
+            np.asarray(labels, dtype=np.int64))
+
+
+@register_problem("mnist_digit_strings")
+class MnistDigitStrings(Problem):
+    """Read a string of 1-6 handwritten MNIST digits placed side by side."""
+
+    metrics = ("exact_match", "cer")
+
+    def __init__(self, *, raw_dir: str | None = None, min_digits: int = 1, max_digits: int = 6,
+                 train_size: int = 50_000, eval_size: int = 1000, seed: int = 1):
+        self.raw_dir = resolve_raw_dir(raw_dir, "mnist")
+        self.min_digits, self.max_digits, self.seed = min_digits, max_digits, seed
+        self.sizes = {"train": train_size, "validation": eval_size, "test": eval_size}
+        self.inputs = ImageModality(height=32, max_width=36 * max_digits, channels=1,
+                                    patch_size=4, augment=True)
+        self.targets = TextModality(vocab="char", alphabet="0123456789")
+
+    def digits(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """This split's own digit images and labels (disjoint from the other splits')."""
+        csvs = sorted(self.raw_dir.glob("*.csv")) + sorted(self.raw_dir.glob("*.csv.gz"))
+        if csvs:
+            images, labels = read_csv(csvs[0])
+            order = np.random.default_rng(0).permutation(len(labels))
+            cut = {"train": (0, 0.8), "validation": (0.8, 0.9), "test": (0.9, 1.0)}[split]
+            chosen = order[int(cut[0] * len(order)): int(cut[1] * len(order))]
+            return images[chosen], labels[chosen]
+        stem = "t10k" if split == "test" else "train"
+        images, labels = (read_idx(self._file(f"{stem}-{kind}-idx{n}-ubyte.gz"))
+                          for kind, n in (("images", 3), ("labels", 1)))
+        if split != "test":  # the last 10% of the official training set is validation
+            cut = int(0.9 * len(labels))
+            part = slice(0, cut) if split == "train" else slice(cut, None)
+            images, labels = images[part], labels[part]
+        return images, labels
+
+    def _file(self, name: str) -> Path:
+        path = self.raw_dir / name
+        if path.is_file():
+            return path
+        return download(MNIST_URL + name, path, md5=MNIST_FILES[name],
+                        raw_dir_hint="problem.raw_dir=DIR (the MNIST IDX .gz files, or a CSV "
+                                     "of 784 pixels + label per row)")
+
+    def generate_samples(self, split: str) -> Iterator[dict]:
+        images, labels = self.digits(split)
+        rng = random.Random(f"mnist-{self.seed}-{split}")
+        for _ in range(self.sizes[split]):
+            picks = [rng.randrange(len(labels))
+                     for _ in range(rng.randint(self.min_digits, self.max_digits))]
+            yield {"inputs": compose([images[i] for i in picks], rng),
+                   "targets": "".join(str(int(labels[i])) for i in picks)}
+
+
+def compose(digits: list[np.ndarray], rng: random.Random) -> np.ndarray:
+    """Digits side by side on a 32-pixel-high canvas, with random gaps and vertical jitter."""
+    gaps = [rng.randint(-4, 6) for _ in digits]
+    width = sum(28 + max(g, 0) for g in gaps) + 8
+    canvas = np.zeros((32, width), dtype=np.uint8)
+    x = rng.randint(0, 4)
+    for digit, gap in zip(digits, gaps, strict=True):
+        y = rng.randint(0, 4)
+        region = canvas[y:y + 28, x:x + 28]
+        np.maximum(region, digit, out=region)  # overlapping strokes stay visible
+        x += 28 + gap
+    return canvas[:, : max(x + 4, 32)]
