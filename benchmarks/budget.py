@@ -1,0 +1,54 @@
+"""Shared by the benchmark scripts: train a problem within a wall-clock budget, then evaluate.
+
+Everything goes through the real commands (t2t-train, t2t-eval), as a user would run them.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+def script(name: str) -> str:
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def run(command: list[str]) -> str:
+    print("$", " ".join(command), flush=True)
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result.stdout
+
+
+def hms(minutes: float) -> str:
+    seconds = int(minutes * 60)
+    return f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def train_and_evaluate(problem: list[str], train: list[str], *, minutes: float, run_dir: str,
+                       data_dir: str, beam_size: int, split: str = "test") -> dict[str, float]:
+    """Train with `trainer.max_time`, evaluate `split`; return metrics, steps, tokens/s."""
+    common = [*problem, f"data_dir={data_dir}"]
+    start = time.perf_counter()
+    run([script("t2t-train"), *common, *train, f"trainer.max_time={hms(minutes)}",
+         "trainer.enable_progress_bar=false", f"run_dir={run_dir}"])
+    train_minutes = (time.perf_counter() - start) / 60
+    checkpoint = Path(run_dir) / "checkpoints" / "last.ckpt"
+    output = run([script("t2t-eval"), *common, f"ckpt={checkpoint}", f"split={split}",
+                  f"decode.beam_size={beam_size}"])
+    scores = {name: float(value) for name, value in
+              re.findall(r"│ (\w+)\s+│\s+([\d.]+)", output)}
+    logs = sorted(Path(run_dir, "csv").glob("version_*/metrics.csv"))[-1]
+    rows = list(csv.DictReader(open(logs)))
+    speeds = [float(r["train/tokens_per_s"]) for r in rows if r.get("train/tokens_per_s")]
+    return {**scores, "train_minutes": train_minutes,
+            "steps": max(int(r["step"]) for r in rows) + 1,
+            "target_tokens_per_s": sum(speeds) / max(1, len(speeds))}
