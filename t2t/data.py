@@ -130,6 +130,8 @@ def generate(
     max_samples keeps only the first samples of each split (for smoke tests).
     Returns the problem directory. The problem's modalities hold their vocabularies after.
     """
+    if on_bad_example not in ("error", "skip"):
+        raise UserError(f"datagen.on_bad_example={on_bad_example!r}: use error or skip")
     problem_dir = Path(data_dir) / problem.name
     settings = {"samples_per_shard": samples_per_shard, "max_length": max_length,
                 "compress": compress, "max_samples": max_samples,
@@ -147,10 +149,11 @@ def generate(
         _remove_outputs(problem_dir)
 
     work = problem_dir / ".work"
-    if (work / "fingerprint").is_file() and (work / "fingerprint").read_text() != fp:
+    recipe = f"{fp} chunk_size={chunk_size}"  # chunk files are only valid for one chunk size
+    if (work / "fingerprint").is_file() and (work / "fingerprint").read_text() != recipe:
         shutil.rmtree(work)  # scratch of a different recipe: useless
     work.mkdir(parents=True, exist_ok=True)
-    (work / "fingerprint").write_text(fp)
+    (work / "fingerprint").write_text(recipe)
 
     vocab_files = _fit_vocabularies(problem, problem_dir, work, max_samples, print_fn)
     meta: dict[str, Any] = {
@@ -167,8 +170,6 @@ def generate(
         },
         "splits": {},
     }
-    if on_bad_example not in ("error", "skip"):
-        raise UserError(f"datagen.on_bad_example={on_bad_example!r}: use error or skip")
     worker_args = (problem, max_length, on_bad_example)
     pool = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=worker_args
                                ) if workers > 1 else None
