@@ -11,9 +11,9 @@ from t2t.errors import UserError
 def evaluate(config: Any) -> None:
     import time
 
-    from rich.console import Console
     from rich.table import Table
 
+    from t2t.cli.report import console
     from t2t.data import generate, read_split
     from t2t.inference import batches, decode_loaded, load_checkpoint, select_problem
     from t2t.metrics import get_metric
@@ -56,7 +56,7 @@ def evaluate(config: Any) -> None:
     table.add_column("value", justify="right")
     for name in problem.metrics:
         table.add_row(name, f"{get_metric(name)(predictions, references):.4f}")
-    Console().print(table)
+    console().print(table)
 
 
 def main() -> None:

@@ -17,9 +17,9 @@ def modality_names(problem_class: type) -> str:
 
 @one_line_errors
 def main() -> None:
-    from rich.console import Console
     from rich.table import Table
 
+    from t2t.cli.report import console
     from t2t.registry import problems
 
     argv = sys.argv[1:]
@@ -40,7 +40,7 @@ def main() -> None:
         cls = problems.get(name)
         table.add_row(name, modality_names(cls), ", ".join(cls.splits),
                       ", ".join(cls.metrics), cls.description())
-    Console(width=max(Console().width, 140)).print(table)
+    console().print(table)
 
 
 if __name__ == "__main__":

@@ -5,11 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 
-def print_report(module: Any, trainer: Any, examples: int = 3) -> None:
+def console() -> Any:
+    """A console for tables: a terminal's own width; piped or logged output unwrapped, so that
+    every row stays on one line for grep and for readers of CI logs."""
     from rich.console import Console
+
+    terminal = Console()
+    return terminal if terminal.is_terminal else Console(width=100_000)
+
+
+def print_report(module: Any, trainer: Any, examples: int = 3) -> None:
     from rich.table import Table
 
-    console = Console(width=max(Console().width, 120))
+    out = console()
     metrics = trainer.callback_metrics
     table = Table(title=f"metrics after {trainer.global_step} steps")
     table.add_column("problem")
@@ -21,7 +29,7 @@ def print_report(module: Any, trainer: Any, examples: int = 3) -> None:
             table.add_row(problem.name, "val loss", f"{float(loss):.4f}")
         for name, value in module.latest_metrics.get(problem.name, {}).items():
             table.add_row(problem.name, name, f"{value:.4f}")
-    console.print(table)
+    out.print(table)
     for problem in module.problems:
         decoded = module.examples.get(problem.name, [])
         if not decoded or examples < 1:
@@ -35,4 +43,4 @@ def print_report(module: Any, trainer: Any, examples: int = 3) -> None:
             table.add_column(column, overflow="fold")
         for row in rows:
             table.add_row(*row)
-        console.print(table)
+        out.print(table)
