@@ -34,6 +34,8 @@ def _pil_image(raw: Any):
         array = np.asarray(raw)
         if array.dtype != np.uint8:
             raise UserError(f"image arrays must be uint8 (0-255), got {array.dtype}")
+        if array.ndim == 3 and array.shape[2] == 1:  # (H, W, 1): grayscale
+            array = array[:, :, 0]
         return Image.fromarray(array)
     name = str(raw) if isinstance(raw, str | Path) else "image bytes"
     try:
@@ -42,11 +44,24 @@ def _pil_image(raw: Any):
         else:
             image = Image.open(Path(raw))
         image.load()  # decode now: a truncated file fails here, with its name
-        return image
+        return _eight_bit(image)
     except FileNotFoundError:
         raise UserError(f"{name}: image file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise UserError(f"{name}: not a readable image ({error})") from None
+
+
+def _eight_bit(image):
+    """16-bit grayscale (scans, medical images) scaled to 0-255; PIL's own conversion to "L"
+    clips at 255 instead and turns such an image almost white."""
+    from PIL import Image
+
+    if not image.mode.startswith("I"):
+        return image
+    array = np.asarray(image).astype(np.float64)
+    if image.mode.startswith("I;16") or array.max() > 255:
+        array = array / 257.0  # 65535 -> 255
+    return Image.fromarray(np.round(array).clip(0, 255).astype(np.uint8))
 
 
 @register_modality("image")

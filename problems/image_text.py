@@ -4,8 +4,9 @@
     raw_dir/cat.png             ("text" may also be a list of strings: several captions)
 
 or `metadata.csv` with `file_name,text` columns (several rows for one file = several texts).
-With `train/`, `validation/`, `test/` subfolders (each laid out as above) those are the splits;
-otherwise a seeded hold-out of the images is the validation split. Several texts for one
+The training images are in `train/` (laid out as above) or at the top of raw_dir; `validation/`
+and `test/` subfolders, laid out the same way, are those splits. Without `validation/`, a
+seeded hold-out of the training images is the validation split. Several texts for one
 image are several training examples, and several references when evaluating.
 A missing or unreadable image stops datagen with its path; `datagen.on_bad_example=skip`
 skips such images instead and counts them in meta.json.
@@ -94,14 +95,15 @@ class ImageTextFolder(Problem):
                             "metadata.jsonl with file_name and text)")
         if not self.raw_dir.is_dir():
             raise UserError(f"problem.raw_dir={self.raw_dir}: no such folder")
-        folders = (self.raw_dir / "train").is_dir()
-        if folders and (self.raw_dir / split).is_dir() and (
-            split != "train" or (self.raw_dir / "validation").is_dir()
-        ):
+        if split != "train" and (self.raw_dir / split).is_dir():
             return read_metadata(self.raw_dir / split, self.text_column)
+        if split not in ("train", "validation"):
+            raise UserError(f"image_text_folder: no {split}/ folder in {self.raw_dir}")
+        train = self.raw_dir / "train"
+        records = read_metadata(train if train.is_dir() else self.raw_dir, self.text_column)
+        if (self.raw_dir / "validation").is_dir():
+            return records
         # No validation folder: validation is a seeded hold-out of the training images.
-        records = read_metadata(self.raw_dir / "train" if folders else self.raw_dir,
-                                self.text_column)
         size = min(self.holdout_size, len(records) // 10)
         held = set(random.Random(self.seed).sample(range(len(records)), size))
         return [r for i, r in enumerate(records) if (i in held) == (split == "validation")]
