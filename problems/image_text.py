@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import json
-import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -25,6 +24,7 @@ from modalities import ImageModality, TextModality
 from problems.text_pairs import read_lines
 from t2t import Problem, register_problem
 from t2t.errors import UserError
+from t2t.problem import holdout
 
 
 def read_metadata(folder: Path, text_column: str = "text") -> list[tuple[Path, list[str]]]:
@@ -104,9 +104,7 @@ class ImageTextFolder(Problem):
         if (self.raw_dir / "validation").is_dir():
             return records
         # No validation folder: validation is a seeded hold-out of the training images.
-        size = min(self.holdout_size, len(records) // 10)
-        held = set(random.Random(self.seed).sample(range(len(records)), size))
-        return [r for i, r in enumerate(records) if (i in held) == (split == "validation")]
+        return holdout(records, split, self.holdout_size, self.seed)
 
     def generate_samples(self, split: str) -> Iterator[dict]:
         for path, texts in self._records(split):

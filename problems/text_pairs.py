@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +20,7 @@ from typing import Any, Literal
 from modalities import TextModality
 from t2t import Problem, register_problem
 from t2t.errors import UserError
+from t2t.problem import holdout
 
 
 def read_lines(path: str | Path) -> Iterator[tuple[int, str]]:
@@ -141,8 +141,6 @@ class TextPairs(Problem):
         if split in ("train", "validation") and self.files["validation"] is None:
             # No validation file: hold out a seeded sample of the training pairs.
             pairs = list(read_pairs(self.files["train"], *self.keys))
-            size = min(self.holdout_size, len(pairs) // 10)
-            held = set(random.Random(self.seed).sample(range(len(pairs)), size))
-            yield from (p for i, p in enumerate(pairs) if (i in held) == (split == "validation"))
+            yield from holdout(pairs, split, self.holdout_size, self.seed)
         elif self.files[split] is not None:
             yield from read_pairs(self.files[split], *self.keys)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import copy
 import inspect
+import random
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -108,3 +109,11 @@ def resolve_raw_dir(raw_dir: str | Path | None, problem_name: str) -> Path:
     if raw_dir:
         return Path(raw_dir).expanduser()
     return Path("~/.cache/t2t/raw").expanduser() / problem_name
+
+
+def holdout(records: Sequence[Any], split: str, size: int, seed: int) -> list[Any]:
+    """The training or validation part of records that have no validation set of their own:
+    validation is a seeded sample of min(size, 10%) of them, training is the rest."""
+    size = min(size, len(records) // 10)
+    held = set(random.Random(seed).sample(range(len(records)), size))
+    return [r for i, r in enumerate(records) if (i in held) == (split == "validation")]
