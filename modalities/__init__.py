@@ -1,6 +1,7 @@
 """Modalities: one file per kind of data. Import the classes from here."""
 
+from modalities.audio import AudioModality
 from modalities.image import ImageModality
 from modalities.text import TextModality
 
-__all__ = ["ImageModality", "TextModality"]
+__all__ = ["AudioModality", "ImageModality", "TextModality"]

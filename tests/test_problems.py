@@ -41,6 +41,20 @@ def _image_folder(tmp_path: Path) -> dict:
     return {"raw_dir": str(folder), "vocab": "byte", "height": 16, "max_width": 64}
 
 
+def _speech_manifest(tmp_path: Path) -> dict:
+    import numpy as np
+    import soundfile
+
+    (tmp_path / "clips").mkdir()
+    with open(tmp_path / "manifest.jsonl", "w") as f:
+        for i in range(30):
+            wave = np.sin(np.arange(1600 + 100 * i) * (0.1 + 0.01 * i)).astype(np.float32) / 2
+            soundfile.write(tmp_path / "clips" / f"{i}.wav", wave, 16000)
+            text = "clip number"[i % 11:] + " " + "clip number"[:i % 11]  # same characters
+            f.write(f'{{"audio_filepath": "clips/{i}.wav", "text": "{text.strip()}"}}\n')
+    return {"manifest": str(tmp_path / "manifest.jsonl")}
+
+
 # Options a problem needs to run here (local data instead of downloads). A problem missing
 # from this table must work with its defaults: the test fails otherwise, loudly.
 TEST_OPTIONS = {
@@ -48,6 +62,8 @@ TEST_OPTIONS = {
     "text_pairs": _text_pairs_files,
     "mnist_digit_strings": lambda tmp: {"raw_dir": str(dataset_dir("mnist"))},
     "image_text_folder": _image_folder,
+    "speech_manifest": _speech_manifest,
+    "spoken_digits_fsdd": lambda tmp: {"raw_dir": str(dataset_dir("fsdd"))},
 }
 
 

@@ -1,0 +1,210 @@
+"""Audio as log-mel frame sequences for the shared encoder.
+
+Stored in shards as FLAC (lossless, 16-bit, mono) at the modality's `sample_rate`: datagen
+reads anything soundfile reads (WAV, FLAC, OGG, ...) or takes arrays, mixes down to mono and
+resamples with torchaudio. Data-loader workers decode the FLAC with soundfile. On the device,
+the bottom computes log-mel features (torchaudio's MelSpectrogram), normalises each utterance
+per mel bin over its own frames, applies SpecAugment (FrequencyMasking, TimeMasking) in
+training only, and subsamples time x4 with two strided convolutions to d_model.
+
+Lengths are exact: the STFT does not pad at the ends (`center=False`), so a frame never
+reads past its utterance, and padding frames are zeroed after every step, so an utterance
+gets the same features alone or in a batch with longer ones.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from t2t.errors import UserError
+from t2t.modality import Modality
+from t2t.registry import register_modality
+
+
+def read_audio(raw: Any, default_rate: int) -> tuple[np.ndarray, int]:
+    """(float32 mono waveform, sample rate) from a file path, encoded bytes, a
+    `(waveform, rate)` pair, a `{"array", "sampling_rate"}` dict (Hugging Face datasets) or a
+    bare waveform at `default_rate`. Arrays may be (N,) or 2-D with channels on the shorter
+    axis; integer arrays are full-scale PCM."""
+    import soundfile
+
+    if isinstance(raw, dict) and "array" in raw:
+        raw = (raw["array"], raw["sampling_rate"])
+    if isinstance(raw, tuple):
+        waveform, rate = raw
+    elif isinstance(raw, np.ndarray | torch.Tensor):
+        waveform, rate = raw, default_rate
+    else:
+        name = str(raw) if isinstance(raw, str | Path) else "audio bytes"
+        source = io.BytesIO(raw) if isinstance(raw, bytes | bytearray) else Path(raw)
+        if isinstance(source, Path) and not source.is_file():
+            raise UserError(f"{name}: audio file not found")
+        try:
+            waveform, rate = soundfile.read(source, dtype="float32", always_2d=True)
+        except (soundfile.LibsndfileError, RuntimeError, ValueError) as error:
+            raise UserError(f"{name}: not a readable audio file ({error})") from None
+    waveform = np.asarray(waveform)
+    if np.issubdtype(waveform.dtype, np.integer):
+        waveform = waveform / float(np.iinfo(waveform.dtype).max)
+    if waveform.ndim == 2:
+        waveform = waveform.mean(axis=int(np.argmin(waveform.shape)))
+    if waveform.ndim != 1:
+        raise UserError(f"audio must be (samples,) or (samples, channels), got shape "
+                        f"{waveform.shape}")
+    return waveform.astype(np.float32), int(rate)
+
+
+def resample(waveform: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
+    if rate == target_rate:
+        return waveform
+    import torchaudio.functional
+
+    return torchaudio.functional.resample(torch.from_numpy(waveform), rate, target_rate).numpy()
+
+
+@register_modality("audio")
+class AudioModality(Modality):
+    """Speech and other audio (inputs only), as log-mel frames subsampled x4.
+
+    window_ms/hop_ms: STFT window and hop; num_mels: mel bins; conv_channels: width of the
+    two subsampling convolutions; freq_masks x freq_mask_width (mel bins) and time_masks x
+    time_mask_width (frames): SpecAugment in training when spec_augment is True.
+    """
+
+    kind = "audio"
+    extension = "flac"
+
+    def __init__(self, sample_rate: int = 16000, num_mels: int = 80, window_ms: float = 25.0,
+                 hop_ms: float = 10.0, conv_channels: int = 32, spec_augment: bool = True,
+                 freq_masks: int = 2, freq_mask_width: int = 15, time_masks: int = 2,
+                 time_mask_width: int = 10):
+        self.sample_rate, self.num_mels, self.conv_channels = sample_rate, num_mels, conv_channels
+        self.window = round(sample_rate * window_ms / 1000)  # samples
+        self.hop = round(sample_rate * hop_ms / 1000)
+        self.n_fft = 1 << (self.window - 1).bit_length()  # next power of two
+        if self.hop < 1 or self.window < self.hop:
+            raise UserError(f"AudioModality: window_ms={window_ms} and hop_ms={hop_ms} give a "
+                            f"window of {self.window} and a hop of {self.hop} samples")
+        self.spec_augment = dict(freq_masks=freq_masks, freq_mask_width=freq_mask_width,
+                                 time_masks=time_masks, time_mask_width=time_mask_width
+                                 ) if spec_augment else None
+
+    @property
+    def key(self) -> str:
+        augment = ("sa{freq_masks}x{freq_mask_width}-{time_masks}x{time_mask_width}"
+                   .format(**self.spec_augment) if self.spec_augment else "nosa")
+        return (f"audio:{self.sample_rate}hz:m{self.num_mels}:w{self.window}:h{self.hop}:"
+                f"c{self.conv_channels}:{augment}")
+
+    def describe(self) -> str:
+        return f"audio({self.sample_rate / 1000:g} kHz, {self.num_mels} mels)"
+
+    # -- data ------------------------------------------------------------------------------
+
+    def encode(self, raw: Any) -> bytes:
+        import soundfile
+
+        waveform, rate = read_audio(raw, self.sample_rate)
+        waveform = resample(waveform, rate, self.sample_rate)
+        out = io.BytesIO()
+        soundfile.write(out, np.clip(waveform, -1.0, 1.0), self.sample_rate, format="FLAC",
+                        subtype="PCM_16")
+        return out.getvalue()
+
+    def load(self, data: bytes, augment: bool = False) -> torch.Tensor:
+        """(N,) float32 waveform at sample_rate (augmentation happens on the device)."""
+        import soundfile
+
+        waveform, rate = soundfile.read(io.BytesIO(data), dtype="float32")
+        return torch.from_numpy(resample(waveform, rate, self.sample_rate))
+
+    def length(self, data: bytes) -> int:
+        import soundfile
+
+        info = soundfile.info(io.BytesIO(data))  # reads the header only
+        samples = math.ceil(info.frames * self.sample_rate / info.samplerate)
+        return int(subsampled(num_frames(torch.tensor(samples), self.n_fft, self.hop)))
+
+    def collate(self, values: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, N) waveforms zero-padded on the right (to at least one STFT window) and the
+        (B, N) sample padding mask; the bottom turns it into a frame mask."""
+        lengths = torch.tensor([len(v) for v in values])
+        batch = torch.zeros(len(values), max(int(lengths.max()), self.n_fft))
+        for i, waveform in enumerate(values):
+            batch[i, : len(waveform)] = waveform
+        return batch, torch.arange(batch.shape[1])[None, :] >= lengths[:, None]
+
+    # -- model side ------------------------------------------------------------------------
+
+    def bottom(self, d_model: int) -> nn.Module:
+        return AudioFeatures(self.sample_rate, self.n_fft, self.window, self.hop, self.num_mels,
+                             self.conv_channels, d_model, self.spec_augment)
+
+
+def num_frames(samples: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
+    """STFT frames (center=False) that lie wholly inside `samples` samples."""
+    return torch.where(samples >= n_fft, (samples - n_fft) // hop + 1, 0)
+
+
+def subsampled(frames: torch.Tensor) -> torch.Tensor:
+    """Frames after two convolutions with kernel 3, stride 2, padding 1: ceil(ceil(F/2)/2)."""
+    return ((frames + 1) // 2 + 1) // 2
+
+
+class AudioFeatures(nn.Module):
+    """(B, N) waveforms + (B, N) sample padding -> (B, T, d_model) + (B, T) frame padding."""
+
+    def __init__(self, sample_rate: int, n_fft: int, window: int, hop: int, num_mels: int,
+                 channels: int, d_model: int, spec_augment: dict | None):
+        super().__init__()
+        import torchaudio
+
+        self.n_fft, self.hop = n_fft, hop
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate, n_fft=n_fft, win_length=window, hop_length=hop, n_mels=num_mels,
+            center=False)
+        masks: list[nn.Module] = []
+        if spec_augment:
+            masks += [torchaudio.transforms.FrequencyMasking(spec_augment["freq_mask_width"],
+                                                            iid_masks=True)
+                      for _ in range(spec_augment["freq_masks"])]
+            masks += [torchaudio.transforms.TimeMasking(spec_augment["time_mask_width"],
+                                                       iid_masks=True)
+                      for _ in range(spec_augment["time_masks"])]
+        self.masks = nn.ModuleList(masks)
+        self.conv1 = nn.Conv2d(1, channels, kernel_size=3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, stride=2, padding=1)
+        self.project = nn.Linear(channels * subsampled(torch.tensor(num_mels)).item(), d_model)
+
+    def forward(self, waveforms: torch.Tensor, pad_mask: torch.Tensor):
+        lengths = num_frames((~pad_mask).sum(dim=1), self.n_fft, self.hop)  # (B,)
+        features = (self.mel(waveforms.float()) + 1e-6).log()  # (B, M, F)
+        valid = _valid(lengths, features.shape[2])[:, None, :]  # (B, 1, F)
+        # Per-utterance, per-bin normalisation over the utterance's own frames only.
+        count = lengths.clamp(min=1)[:, None, None]
+        mean = (features * valid).sum(dim=2, keepdim=True) / count
+        var = (((features - mean) * valid) ** 2).sum(dim=2, keepdim=True) / count
+        features = (features - mean) / (var.sqrt() + 1e-5) * valid
+        if self.training and len(self.masks):
+            x = features[:, None]  # (B, 1, M, F): iid masks need a channel axis
+            for mask in self.masks:
+                x = mask(x, mask_value=0.0)  # 0 is the utterance mean after normalising
+            features = x[:, 0] * valid
+        x = features.transpose(1, 2)[:, None]  # (B, 1, F, M): time, then frequency
+        for conv in (self.conv1, self.conv2):
+            x = torch.relu(conv(x))
+            lengths = (lengths + 1) // 2
+            x = x * _valid(lengths, x.shape[2])[:, None, :, None]
+        x = self.project(x.permute(0, 2, 1, 3).flatten(2))  # (B, T, channels * M/4) -> C
+        return x, ~_valid(lengths, x.shape[1])  # (B, T, C), (B, T) True = padding
+
+
+def _valid(lengths: torch.Tensor, size: int) -> torch.Tensor:
+    return torch.arange(size, device=lengths.device)[None, :] < lengths[:, None]  # (B, size)
