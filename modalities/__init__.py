@@ -2,6 +2,8 @@
 
 from modalities.audio import AudioModality
 from modalities.image import ImageModality
+from modalities.rna import NucleotideModality, StructureModality
 from modalities.text import TextModality
 
-__all__ = ["AudioModality", "ImageModality", "TextModality"]
+__all__ = ["AudioModality", "ImageModality", "NucleotideModality", "StructureModality",
+           "TextModality"]

@@ -8,10 +8,11 @@ from problems import (
     mnist,
     morse,
     ocr,
+    rna_design,
     speech,
     text_pairs,
     translate,
 )
 
-__all__ = ["algorithmic", "fsdd", "image_text", "mnist", "morse", "ocr", "speech", "text_pairs",
-           "translate"]
+__all__ = ["algorithmic", "fsdd", "image_text", "mnist", "morse", "ocr", "rna_design", "speech",
+           "text_pairs", "translate"]

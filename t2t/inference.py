@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -50,12 +52,21 @@ def _rebuild_problem(spec: dict[str, Any]) -> Problem:
     return problem
 
 
-def select_problem(problems: list[Problem], name: str, ckpt: str | Path) -> int:
+def select_problem(problems: list[Problem], name: str, ckpt: str | Path,
+                   problem: Problem | None = None) -> int:
+    """Index of the checkpoint's problem `name`; or, for a problem it was not trained on (a
+    benchmark, say), of the one trained problem with the same input and target modalities,
+    whose problem token then stands in for it."""
     names = [p.name for p in problems]
-    if name not in names:
-        raise UserError(f"checkpoint {ckpt} was trained on {', '.join(names)}, not {name}; "
-                        f"pass problem={names[0]}")
-    return names.index(name)
+    if name in names:
+        return names.index(name)
+    if problem is not None:
+        keys = (problem.inputs.key, problem.targets.key)
+        same = [i for i, p in enumerate(problems) if (p.inputs.key, p.targets.key) == keys]
+        if len(same) == 1:
+            return same[0]
+    raise UserError(f"checkpoint {ckpt} was trained on {', '.join(names)}, not {name}, and no "
+                    f"problem it knows has the same modalities; pass problem={names[0]}")
 
 
 def batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -70,34 +81,89 @@ def batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 
 @torch.no_grad()
-def decode_raw(model: T2TModel, problem: Problem, index: int, raw_inputs: list[Any], *,
-               beam_size: int = 4, length_penalty: float = 0.6, max_length: int = 256
-               ) -> list[Any]:
-    """Raw inputs -> raw predictions (strings for text targets)."""
+def decode_raw(model: T2TModel, problem: Problem, index: int, raw_inputs: list[Any],
+               **settings: Any) -> list[Any]:
+    """Raw inputs -> raw predictions (strings for text targets); settings as decode_loaded."""
     loaded = [problem.inputs.load(problem.inputs.encode(raw)) for raw in raw_inputs]
-    return decode_loaded(model, problem, index, loaded, beam_size=beam_size,
-                         length_penalty=length_penalty, max_length=max_length)
+    return decode_loaded(model, problem, index, loaded, **settings)
 
 
 @torch.no_grad()
 def decode_loaded(model: T2TModel, problem: Problem, index: int, loaded: list[torch.Tensor], *,
-                  beam_size: int, length_penalty: float, max_length: int) -> list[Any]:
+                  beam_size: int = 4, length_penalty: float = 0.6, max_length: int = 256,
+                  best_of: int | None = 0, temperature: float = 1.0,
+                  time_budget_s: float | None = None, seed: int = 0) -> list[Any]:
+    """Predictions for loaded inputs: beam search (greedy at beam_size 1), or with best_of > 0
+    the verifier-guided `search` for each input. best_of=None chooses: 64 for problems with a
+    verifier, else beam search."""
+    if best_of is None:
+        best_of = 64 if problem.has_verifier() else 0
+    if best_of > 0:
+        return [search(model, problem, index, x, best_of=best_of, temperature=temperature,
+                       time_budget_s=time_budget_s, max_length=max_length, seed=seed)
+                for x in loaded]
     inputs, inputs_pad = problem.inputs.collate(loaded)
     device = next(model.parameters()).device
-    ids = decode_ids(model, index, inputs.to(device), inputs_pad.to(device), beam_size=beam_size,
-                     length_penalty=length_penalty, max_length=max_length)
+    inputs, inputs_pad = inputs.to(device), inputs_pad.to(device)
+    ids = decode_ids(model, index, inputs, inputs_pad, beam_size=beam_size,
+                     length_penalty=length_penalty, max_length=max_length,
+                     allowed=problem.decoding_constraint(inputs, inputs_pad))
     return [problem.targets.decode(row) for row in ids]
 
 
 def decode_ids(model: T2TModel, index: int, inputs: torch.Tensor, inputs_pad: torch.Tensor, *,
-               beam_size: int, max_length: int, length_penalty: float = 0.6) -> list[list[int]]:
+               beam_size: int, max_length: int, length_penalty: float = 0.6,
+               allowed: decoding.Allowed | None = None) -> list[list[int]]:
     """Predicted target ids for a batch of problem `index` (greedy when beam_size is 1)."""
     decoder = model.decoder(index)
     rows = inputs.shape[0]
     state = decoder.start(inputs, inputs_pad, max_length)
     if beam_size > 1:
         ids, _ = decoding.beam_search(decoder, state, batch_size=rows, beam_size=beam_size,
-                                      max_length=max_length, length_penalty=length_penalty)
+                                      max_length=max_length, length_penalty=length_penalty,
+                                      allowed=allowed)
     else:
-        ids = decoding.greedy(decoder, state, batch_size=rows, max_length=max_length)
+        ids = decoding.greedy(decoder, state, batch_size=rows, max_length=max_length,
+                              allowed=allowed)
     return decoding.strip(ids)
+
+
+SAMPLES_PER_ROUND = 16
+
+
+@torch.no_grad()
+def search(model: T2TModel, problem: Problem, index: int, loaded: torch.Tensor, *,
+           best_of: int, temperature: float = 1.0, time_budget_s: float | None = None,
+           max_length: int = 256, seed: int = 0) -> Any:
+    """Test-time compute for one input of a problem with a verifier: sample up to `best_of`
+    candidates (in rounds of SAMPLES_PER_ROUND, under the problem's decoding constraint), stop
+    at the first that verifies (score 1.0); else hand the candidates, best first, to
+    `problem.refine` for the rest of the time budget. Sampling gets at most half the budget.
+    A target may be as long as its input: max_length grows to the input's length + 1."""
+    start = time.monotonic()
+    deadline = start + time_budget_s if time_budget_s else math.inf
+    raw = problem.inputs.decode(loaded)
+    rows = min(best_of, SAMPLES_PER_ROUND)
+    max_length = max(max_length, len(loaded) + 1)
+    device = next(model.parameters()).device
+    inputs, inputs_pad = (t.to(device) for t in problem.inputs.collate([loaded] * rows))
+    decoder = model.decoder(index)
+    allowed = problem.decoding_constraint(inputs, inputs_pad)
+    scored: dict[Any, float] = {}
+    for round_ in range(math.ceil(best_of / rows)):
+        if round_ and time.monotonic() - start >= (deadline - start) / 2:
+            break
+        state = decoder.start(inputs, inputs_pad, max_length)
+        generator = torch.Generator(device=device).manual_seed(seed + round_)
+        ids = decoding.sample(decoder, state, rows, max_length, temperature=temperature,
+                              generator=generator, allowed=allowed)
+        for tokens in decoding.strip(ids):
+            candidate = problem.targets.decode(tokens)
+            if candidate not in scored:
+                scored[candidate] = float(problem.verify(raw, candidate))
+        if max(scored.values()) >= 1.0:
+            break
+    ranked = sorted(scored, key=scored.get, reverse=True)
+    if scored[ranked[0]] >= 1.0 or time.monotonic() >= deadline:  # no budget: no refinement
+        return ranked[0]
+    return problem.refine(raw, ranked, deadline)

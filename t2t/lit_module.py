@@ -142,7 +142,9 @@ class T2TLitModule(L.LightningModule):
         longest = int((batch["targets"] != PAD).sum(dim=1).max())
         predicted = decode_ids(self.model, batch["problem"], batch["inputs"],
                                batch["inputs_pad"], beam_size=self.beam_size,
-                               max_length=min(self.max_decode_length, 2 * longest + 10))
+                               max_length=min(self.max_decode_length, 2 * longest + 10),
+                               allowed=problem.decoding_constraint(batch["inputs"],
+                                                                   batch["inputs_pad"]))
         sources, predictions, references = self._decoded.setdefault(batch["problem"],
                                                                     ([], [], []))
         for row, ids in enumerate(predicted):

@@ -72,16 +72,47 @@ def wer(predictions: Sequence[str], references: References) -> float:
     return _error_rate(word_error_rate, predictions, references)
 
 
+def solved(predictions: Sequence[str], references: References) -> float:
+    """RNA design: the share of designs whose ViennaRNA MFE structure is the reference
+    structure exactly (references are dot-bracket structures)."""
+    return sum(d == 0.0 for d in _structure_distances(predictions, references)) / max(
+        1, len(predictions))
+
+
+def structure_distance(predictions: Sequence[str], references: References) -> float:
+    """RNA design: mean Hamming distance between each design's MFE structure and the reference
+    structure, over the structure's length (1.0 for a design of the wrong length)."""
+    distances = _structure_distances(predictions, references)
+    return sum(distances) / max(1, len(distances))
+
+
+def _structure_distances(predictions: Sequence[str], references: References) -> list[float]:
+    import RNA
+
+    out = []
+    for prediction, refs in zip(predictions, _check(predictions, references), strict=True):
+        target = refs[0]
+        if len(prediction) != len(target) or set(prediction) - set("ACGU"):
+            out.append(1.0)
+            continue
+        folded, _ = RNA.fold(prediction)
+        out.append(sum(a != b for a, b in zip(folded, target, strict=True)) / len(target))
+    return out
+
+
 METRICS: dict[str, Callable[[Sequence[str], References], float]] = {
     "bleu": bleu,
     "chrf": chrf,
     "exact_match": exact_match,
     "cer": cer,
     "wer": wer,
+    "solved": solved,
+    "structure_distance": structure_distance,
 }
 
 # Whether a bigger value is better, for tables and checkpoint selection.
-HIGHER_IS_BETTER = {"bleu": True, "chrf": True, "exact_match": True, "cer": False, "wer": False}
+HIGHER_IS_BETTER = {"bleu": True, "chrf": True, "exact_match": True, "cer": False, "wer": False,
+                    "solved": True, "structure_distance": False}
 
 
 def get_metric(name: str) -> Callable[[Sequence[str], References], float]:

@@ -24,7 +24,8 @@ class Problem:
       - options as keyword-only `__init__` arguments with types and defaults
       - `generate_samples(split)`, yielding `{"inputs": raw, "targets": raw}`; it must be
         deterministic for a given split and options (datagen resumes by replaying it)
-    Optional: `download(raw_dir)`, `verify(inputs, prediction)`.
+    Optional: `download(raw_dir)`, `verify(inputs, prediction)` and, for design-style
+    problems decoded by search, `decoding_constraint`, `refine` and `format_prediction`.
     The first line of the class docstring is the description `t2t-problems` shows.
     """
 
@@ -54,6 +55,26 @@ class Problem:
     def verify(self, inputs: Any, prediction: Any) -> float:
         """Score a prediction without a reference, 1.0 = correct (for best-of-N decoding)."""
         raise NotImplementedError(f"{type(self).__name__} has no verifier")
+
+    # Optional decoding hooks (see t2t.inference.search); the defaults do nothing.
+
+    def decoding_constraint(self, inputs: Any, inputs_pad: Any) -> Any:
+        """`allowed(prefix) -> mask` for decoding a collated batch of inputs (t2t.decoding),
+        or None for no constraint."""
+        return None
+
+    def refine(self, inputs: Any, candidates: list[Any], deadline: float) -> Any:
+        """Improve on sampled candidates by search until `deadline` (time.monotonic());
+        called when none of them verified. The default keeps the first (the best)."""
+        return candidates[0]
+
+    def format_prediction(self, inputs: Any, prediction: Any) -> str:
+        """One output line of t2t-decode for a prediction."""
+        return str(prediction)
+
+    @classmethod
+    def has_verifier(cls) -> bool:
+        return cls.verify is not Problem.verify
 
     @classmethod
     def option_specs(cls) -> dict[str, tuple[Any, Any]]:

@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 from problems import translate
+from t2t.cli.common import quote_free_text
 from t2t.errors import UserError
 
 from .conftest import REPO, run_command
@@ -138,3 +139,13 @@ def test_readme_commands_compose(line, tmp_path):
     result = run_command(*shlex.split(line), "--cfg", "job", cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert "problem:" in result.stdout
+
+
+def test_free_text_input_is_quoted_for_hydra():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for text in ["((((....))))", "it's a (test), ok: [1, 2]", "plain"]:
+        (override,) = quote_free_text([f"input={text}"])
+        assert parser.parse_override(override).value() == text
+    assert quote_free_text(["input='quoted'", "problem=x"]) == ["input='quoted'", "problem=x"]

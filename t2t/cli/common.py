@@ -207,10 +207,27 @@ def _unknown_key(command: str, key: str, known: list[str], config: Any) -> typin
                        f"`{command} --cfg job` prints every option")
 
 
+# Options whose values are free text (a sentence, a dot-bracket structure): quoted for Hydra,
+# whose override grammar would otherwise reject brackets, commas and the like.
+_FREE_TEXT = ("input",)
+
+
+def quote_free_text(argv: list[str]) -> list[str]:
+    out = []
+    for argument in argv:
+        key, _, value = argument.partition("=")
+        if key in _FREE_TEXT and value and value[0] not in "'\"":
+            value = "'" + value.replace("'", "\\'") + "'"
+            argument = f"{key}={value}"
+        out.append(argument)
+    return out
+
+
 def run_hydra(command: str, config_name: str, task: Callable[[Any], None]) -> None:
     """Discover problems, check the overrides, then hand over to Hydra's main."""
     import hydra
 
+    sys.argv[1:] = quote_free_text(sys.argv[1:])
     argv = sys.argv[1:]
     try:
         discover_from_argv(argv)

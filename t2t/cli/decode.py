@@ -25,21 +25,29 @@ def read_inputs(config: Any, input_kind: str) -> list[Any]:
     return sys.stdin.read().splitlines()
 
 
+def decode_settings(decode: Any) -> dict[str, Any]:
+    """The decode.* options that choose and tune the decoding algorithm."""
+    keys = ("beam_size", "length_penalty", "max_length", "best_of", "temperature",
+            "time_budget_s", "seed")
+    return {key: decode[key] for key in keys}
+
+
 def decode(config: Any) -> None:
+    from t2t.cli.common import build_problem
     from t2t.inference import batches, decode_raw, load_checkpoint, select_problem
 
     model, problems = load_checkpoint(config.ckpt)
-    index = select_problem(problems, config.problem.name, config.ckpt)
-    problem = problems[index]
+    requested = build_problem(config.problem)
+    index = select_problem(problems, requested.name, config.ckpt, requested)
+    problem = problems[index] if problems[index].name == requested.name else requested
     out = open(config.output_file, "w", encoding="utf-8") if config.output_file else sys.stdout
     try:
         for chunk in batches(read_inputs(config, problem.inputs.kind), config.decode.batch_size):
             predictions = decode_raw(model, problem, index, chunk,
-                                     beam_size=config.decode.beam_size,
-                                     length_penalty=config.decode.length_penalty,
-                                     max_length=config.decode.max_length)
-            for prediction in predictions:
-                print(prediction, file=out, flush=out is sys.stdout)
+                                     **decode_settings(config.decode))
+            for raw, prediction in zip(chunk, predictions, strict=True):
+                print(problem.format_prediction(raw, prediction), file=out,
+                      flush=out is sys.stdout)
     finally:
         if out is not sys.stdout:
             out.close()

@@ -13,17 +13,18 @@ def evaluate(config: Any) -> None:
 
     from rich.table import Table
 
+    from t2t.cli.decode import decode_settings
     from t2t.cli.report import console
     from t2t.data import generate, read_split
     from t2t.inference import batches, decode_loaded, load_checkpoint, select_problem
     from t2t.metrics import get_metric
 
     model, problems = load_checkpoint(config.ckpt)
-    index = select_problem(problems, config.problem.name, config.ckpt)
-    problem = problems[index]
     # The split's shards: made from the command line's problem options, with the
     # checkpoint's vocabulary (checked below).
     shards_problem = build_problem(config.problem)
+    index = select_problem(problems, shards_problem.name, config.ckpt, shards_problem)
+    problem = problems[index] if problems[index].name == shards_problem.name else shards_problem
     problem_dir = generate(shards_problem, config.data_dir, **config.datagen)
     for role in ("inputs", "targets"):
         if getattr(shards_problem, role).key != getattr(problem, role).key:
@@ -40,9 +41,7 @@ def evaluate(config: Any) -> None:
     by_position: dict[int, Any] = {}
     for chunk in batches(order, config.decode.batch_size):
         decoded = decode_loaded(model, problem, index, [samples[i]["inputs"] for i in chunk],
-                                beam_size=config.decode.beam_size,
-                                length_penalty=config.decode.length_penalty,
-                                max_length=config.decode.max_length)
+                                **decode_settings(config.decode))
         by_position.update(zip(chunk, decoded, strict=True))
     predictions = [by_position[i] for i in range(len(samples))]
     seconds = time.perf_counter() - start
@@ -50,13 +49,25 @@ def evaluate(config: Any) -> None:
     if config.output_file:
         with open(config.output_file, "w", encoding="utf-8") as f:
             f.writelines(f"{p}\n" for p in predictions)
-    table = Table(title=f"{problem.name} / {config.split}: {len(samples)} examples, beam "
-                        f"{config.decode.beam_size}, {seconds:.1f} s")
+    settings = decode_settings(config.decode)
+    best_of = settings["best_of"]
+    if best_of is None:
+        best_of = 64 if problem.has_verifier() else 0
+    how = (f"search: best of {best_of}, {settings['time_budget_s']} s each" if best_of
+           else f"beam {settings['beam_size']}")
+    table = Table(title=f"{problem.name} / {config.split}: {len(samples)} examples, {how}, "
+                        f"{seconds:.1f} s")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name in problem.metrics:
         table.add_row(name, f"{get_metric(name)(predictions, references):.4f}")
     console().print(table)
+    if problem.has_verifier():
+        failed = [i + 1 for i, (sample, prediction) in enumerate(zip(samples, predictions,
+                                                                      strict=True))
+                  if problem.verify(problem.inputs.decode(sample["inputs"]), prediction) < 1.0]
+        print(f"verified {len(samples) - len(failed)}/{len(samples)}; not verified (numbers in "
+              f"split order, from 1): {', '.join(map(str, failed)) or 'none'}")
 
 
 def main() -> None:

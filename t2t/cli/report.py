@@ -41,6 +41,8 @@ def print_report(module: Any, trainer: Any, examples: int = 3) -> None:
         table = Table(title=f"{problem.name}: example decodes")
         for column in ("input", "prediction", "reference"):
             table.add_column(column, overflow="fold")
-        for row in rows:
-            table.add_row(*row)
+        for source, prediction, reference in rows:
+            # Several references (captions, say) are one cell.
+            references = [reference] if isinstance(reference, str) else reference
+            table.add_row(str(source), str(prediction), " | ".join(map(str, references)))
         out.print(table)

@@ -1,0 +1,187 @@
+"""Eterna100 side by side: the same per-puzzle time budget and the same cores for
+(a) model: a t2t model trained on rna_design + the search (constrained sampling, best-of-N
+    by folding, then the adaptive walk seeded by the samples),
+(b) search: the adaptive walk alone, restarted from random designs (what the model adds),
+(c) inverse: ViennaRNA's RNA.inverse_fold restarted from random sequences.
+
+    python benchmarks/rna_eterna100.py --budget 60 [--ckpt RUN/checkpoints/last.ckpt |
+        --train-minutes 60] [--version v2] [--seeds 3] [--workers 2] [--limit N]
+
+Each puzzle runs in its own process, stopped at the budget (RNA.inverse_fold cannot be
+interrupted otherwise); `--workers` puzzles run at once, one per core. Results go to
+--results (one JSON line per method, seed and puzzle) and a re-run skips what is there, so an
+interrupted benchmark resumes. Prints solved/100 (mean +- sd over seeds), the mean normalised
+Hamming distance between folded and target structures, and wall time, with RNA.__version__.
+Solved: ACGU only, the target's length, and RNA.fold(sequence)[0] == target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from budget import SHARED, hms, run, script
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+_model = None  # (model, problem) of method (a), loaded once before the workers fork
+
+
+def design(method: str, structure: str, budget: float, seed: int, found) -> None:
+    """Run one method on one puzzle, reporting every better design through `found`."""
+    import torch
+
+    from problems.rna_search import adaptive_walk, inverse_fold_restarts, random_design
+
+    torch.set_num_threads(1)
+    rng = random.Random(seed)
+    deadline = time.monotonic() + budget
+    if method == "inverse":
+        inverse_fold_restarts(structure, deadline, rng, found=lambda d, _: found(d))
+    elif method == "search":
+        starts = [random_design(structure, "N" * len(structure), rng)]
+        found(starts[0])
+        found(adaptive_walk(structure, "N" * len(structure), starts, deadline, rng))
+    else:
+        from t2t.inference import search
+
+        model, problem = _model
+        loaded = problem.inputs.load(problem.inputs.encode(structure))
+        found(search(model, problem, 0, loaded, best_of=64, time_budget_s=budget, seed=seed))
+
+
+def _child(method: str, structure: str, budget: float, seed: int, queue) -> None:
+    design(method, structure, budget, seed, queue.put)
+
+
+def solve(method: str, structure: str, budget: float, seed: int) -> tuple[str | None, float]:
+    """Best design a method finds within the budget (hard: the process is stopped)."""
+    queue = multiprocessing.Queue()
+    start = time.monotonic()
+    process = multiprocessing.Process(target=_child, args=(method, structure, budget, seed,
+                                                           queue), daemon=True)
+    process.start()
+    process.join(budget + 2)
+    if process.is_alive():
+        process.terminate()
+        process.join()
+    best = None
+    while not queue.empty():
+        best = queue.get()
+    return best, time.monotonic() - start
+
+
+def judge(structure: str, sequence: str | None) -> tuple[bool, float]:
+    """(solved, normalised Hamming distance of the folded structure)."""
+    import RNA
+
+    if not sequence or len(sequence) != len(structure) or set(sequence) - set("ACGU"):
+        return False, 1.0
+    folded, _ = RNA.fold(sequence)
+    wrong = sum(a != b for a, b in zip(folded, structure, strict=True))
+    return folded == structure, wrong / len(structure)
+
+
+def job(args: tuple) -> dict:
+    method, seed, puzzle, budget = args
+    sequence, seconds = solve(method, puzzle["structure"], budget, seed)
+    solved, distance = judge(puzzle["structure"], sequence)
+    return {"method": method, "seed": seed, "id": puzzle["id"], "name": puzzle["name"],
+            "length": len(puzzle["structure"]), "design": sequence, "solved": solved,
+            "distance": distance, "seconds": round(seconds, 2)}
+
+
+def train(minutes: float, run_dir: str, data_dir: str) -> Path:
+    run([script("t2t-train"), "experiment=rna_design", f"trainer.max_time={hms(minutes)}",
+         "trainer.enable_progress_bar=false", f"run_dir={run_dir}", f"data_dir={data_dir}"])
+    return Path(run_dir) / "checkpoints" / "last.ckpt"
+
+
+def main() -> None:
+    import RNA
+
+    from problems.rna_design import RnaEterna100
+    from t2t.inference import load_checkpoint, select_problem
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=float, default=60.0, help="seconds per puzzle")
+    parser.add_argument("--ckpt", help="an rna_design checkpoint for method (a)")
+    parser.add_argument("--train-minutes", type=float, default=60.0,
+                        help="without --ckpt: train rna_design on the CPU this long first")
+    parser.add_argument("--run-dir", default="outputs/bench-rna")
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--version", default="v2", choices=["v1", "v2"])
+    parser.add_argument("--raw-dir", default=str(SHARED / "rna") if (SHARED / "rna").is_dir()
+                        else None)
+    parser.add_argument("--methods", default="model,search,inverse")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--limit", type=int, default=None, help="only the first N puzzles")
+    parser.add_argument("--results", default="outputs/bench-rna/results.jsonl")
+    args = parser.parse_args()
+
+    puzzles = RnaEterna100(version=args.version, raw_dir=args.raw_dir).puzzles()[: args.limit]
+    methods = args.methods.split(",")
+    if "model" in methods:
+        checkpoint = Path(args.ckpt) if args.ckpt else train(args.train_minutes, args.run_dir,
+                                                             args.data_dir)
+        model, trained = load_checkpoint(checkpoint)
+        target = RnaEterna100(version=args.version, raw_dir=args.raw_dir)
+        global _model
+        _model = (model, trained[select_problem(trained, target.name, checkpoint, target)])
+
+    results_path = Path(args.results)
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    done = {}
+    if results_path.is_file():
+        for line in results_path.read_text().splitlines():
+            record = json.loads(line)
+            done[(record["method"], record["seed"], record["id"])] = record
+    todo = [(m, s, p, args.budget) for m in methods for s in range(args.seeds) for p in puzzles
+            if (m, s, p["id"]) not in done]
+    print(f"{len(puzzles)} puzzles x {len(methods)} methods x {args.seeds} seeds, "
+          f"{args.budget:g} s each, {args.workers} at once; {len(done)} done, {len(todo)} to go",
+          flush=True)
+    start = time.monotonic()
+    # Threads, not processes, hand out the jobs: each job forks its own process anyway.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(args.workers) as pool, open(results_path, "a") as out:
+        for record in pool.map(job, todo):
+            done[(record["method"], record["seed"], record["id"])] = record
+            out.write(json.dumps(record) + "\n")
+            out.flush()
+            print(f"{record['method']:8s} seed {record['seed']} #{record['id']:>3s} "
+                  f"len {record['length']:3d} {'solved' if record['solved'] else 'unsolved':8s}"
+                  f" {record['seconds']:6.1f} s", flush=True)
+    wall = time.monotonic() - start
+
+    ids = {p["id"] for p in puzzles}
+    print(f"\nEterna100 {args.version}, {len(puzzles)} puzzles, {args.budget:g} s per puzzle, "
+          f"ViennaRNA {RNA.__version__}, this run's wall time {wall / 60:.1f} min\n")
+    print("| method | solved (mean +- sd over seeds) | per seed | mean structure distance | "
+          "CPU-seconds |")
+    print("|---|---|---|---|---|")
+    for method in methods:
+        per_seed, distances, seconds = [], [], 0.0
+        for seed in range(args.seeds):
+            records = [r for (m, s, i), r in done.items() if m == method and s == seed
+                       and i in ids]
+            per_seed.append(sum(r["solved"] for r in records))
+            distances += [r["distance"] for r in records]
+            seconds += sum(r["seconds"] for r in records)
+        sd = statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0
+        print(f"| {method} | {statistics.mean(per_seed):.1f} +- {sd:.1f} / {len(puzzles)} | "
+              f"{', '.join(map(str, per_seed))} | {statistics.mean(distances):.4f} | "
+              f"{seconds:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""RNA design (inverse folding): a target secondary structure in, a sequence that folds into
+it out, judged by ViennaRNA (PyPI `ViennaRNA`, module `RNA`) at its default parameters.
+
+- `rna_design`: procedural training data. Random sequences over a length range and a GC range
+  are folded; each (MFE structure -> sequence) pair is an exact solution. Made in parallel
+  processes, chunk by chunk, deterministic per seed whatever the number of processes.
+  Structures of the Eterna100 benchmarks (v1 and v2, listed below by hash) are never emitted.
+- `rna_eterna100`: the Eterna100 benchmark as a test split, read from `raw_dir` (a TSV with a
+  `structure` or `Secondary Structure` column) or downloaded from the benchmark's repository.
+  Its stored targets are the naive design (GC pairs, A loops), the benchmark's floor; the
+  metrics fold the predictions and compare with the target structure.
+
+Both share their modalities, so a model trained on `rna_design` evaluates `rna_eterna100`.
+Decoding is a search (`t2t.inference.search`): pairing constraints while sampling, best-of-N
+by `verify`, then `refine` (an adaptive walk) until solved or out of time.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import multiprocessing
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from modalities.rna import (
+    NucleotideModality,
+    PairingConstraint,
+    StructureModality,
+    pair_table,
+    parse_design_input,
+)
+from problems.rna_search import adaptive_walk, fold, score
+from t2t import Problem, register_problem
+from t2t.errors import UserError
+from t2t.files import download
+from t2t.problem import resolve_raw_dir
+
+CHUNK = 500  # samples per generation task
+ETERNA100_URL = ("https://raw.githubusercontent.com/eternagame/eterna100-benchmarking/"
+                 "44f5ccec3c03be3b0d77c34defa023dcb2cfb0ea/")
+ETERNA100_FILES = {"v1": "eterna100v1_vienna1.tsv", "v2": "eterna100v2_vienna2.tsv"}
+
+# sha256[:12] of every Eterna100 v1 and v2 target structure: never training data.
+EXCLUDED = frozenset("""
+000519c80017 003dab10192e 017a30992cbf 02cf68b0c49c 06757cc0f50c 0e08623690ff 0ed1150e8d7f
+0ef137faeac9 12fcf7d8b011 14a538797533 16cf546df782 180392916f71 1845c6545fb3 1b694e6ff6d7
+1b86c3d32007 1c0de8be5a16 1d6a2a0c14b9 1e543665db28 265168d1cf16 2774465f9f31 2795c441bb4b
+295203e94662 2a78b968c337 2be3f631837f 2f0ebb959e88 31d0cf095683 31f2d884b777 347f88fd6f24
+3517cf36ea5b 36e4787697b9 37a0f43804cf 3b9cffcff9fb 3e8bde3f02a6 3f1166489bb9 432d2e7a20de
+43f466dd2940 47b84de686f3 4c1d23fe0933 4c514b525b32 4d6a78ceb89f 4ee64cf6aabb 510c679066eb
+536e0223642c 5579ee8a0ce9 55f529419b3d 58138d581222 58dbb14a7c08 598d56b4f4a8 5c27bee28d81
+6055b2aca434 624463fd8afe 626a8eaad96c 68ffa7b5642b 6a068db61424 6a256f9ffbe8 6f92783c08ba
+71e53c912dc6 72fad6775a43 73acbf1b31b7 74e3a3c7873d 754ae0df6c12 75d62a11cef0 76f008bcb240
+79376827ddc8 79535504e3c6 7acefe195c35 7b47abfd01da 7c55a8d786cb 8831d5463bcf 889600222fe5
+8b204a8ea65f 90ea88dafd0c 931c04c84c65 9a059da800eb 9b547cfcd99c 9e9dd05d05ea 9fbde9e26a88
+a8b29f6b7dae abf9f54aee56 ace326a29de5 b1936b40bfc5 b270e16e69ca b44119a09f3e b4b25267cf1a
+b54b8fb2faf5 b560bbc49328 b779ca5f8ff4 b875bef80628 bd05d8e2f87d bd512a1e7124 be7bf6a767fe
+c28a2141689d c28e9e55bb03 c4636b8441d3 c4af6e345bb7 c6ae1d708f46 c82b025bcc12 c8632e6cd826
+d2672c59e735 da5120123a71 e1852e21d861 e19ab6742e1b e34b2d7861cd e40527a33479 e4ed079292f4
+e67658ed2e6d e797d76c5a74 ecf746ff2b87 eee59ea7cd19 f004a89a154a f00afaccbc6b f02430638f3b
+f02e97334525 f1786b9f1b8e f32fba796124 f655cf8b1ed5 f674e6b451d1 fa752010d852 fc1f05787e32
+""".split())
+
+
+def structure_hash(structure: str) -> str:
+    return hashlib.sha256(structure.encode()).hexdigest()[:12]
+
+
+def naive_design(structure: str) -> str:
+    """GC pairs and A loops: the design every inverse-folding method should beat."""
+    partner = pair_table(structure)
+    return "".join("A" if j < 0 else "G" if i < j else "C" for i, j in enumerate(partner))
+
+
+class RnaDesignBase(Problem):
+    """What both RNA problems share: modalities, metrics and the design-time search hooks."""
+
+    inputs = StructureModality()
+    targets = NucleotideModality()
+    metrics = ("solved", "structure_distance")
+
+    def verify(self, inputs: Any, prediction: str) -> float:
+        structure, constraint = parse_design_input(inputs)
+        return score(structure, prediction, constraint)
+
+    def decoding_constraint(self, inputs: Any, inputs_pad: Any) -> PairingConstraint:
+        return PairingConstraint(inputs, self.targets.vocab_size)
+
+    def refine(self, inputs: Any, candidates: list[str], deadline: float) -> str:
+        structure, constraint = parse_design_input(inputs)
+        ranked = sorted(candidates, key=lambda c: -score(structure, c, constraint))
+        return adaptive_walk(structure, constraint, ranked, deadline, random.Random(0))
+
+    def format_prediction(self, inputs: Any, prediction: str) -> str:
+        structure, _ = parse_design_input(inputs)
+        folded, energy = fold(prediction) if prediction else ("", 0.0)
+        verdict = ("solved" if folded == structure
+                   else f"unsolved (score {self.verify(inputs, prediction):.3f})")
+        return f"{prediction}\t{folded}\t{energy:.2f} kcal/mol\t{verdict}"
+
+
+@register_problem("rna_design")
+class RnaDesign(RnaDesignBase):
+    """Design an RNA sequence that folds into a target structure (procedural, ViennaRNA)."""
+
+    def __init__(self, *, min_length: int = 12, max_length: int = 120, min_gc: float = 0.3,
+                 max_gc: float = 0.7, min_pairs: int = 1, train_size: int = 200_000,
+                 eval_size: int = 200, seed: int = 1):
+        if not 1 <= min_length <= max_length <= self.inputs.max_length:
+            raise UserError(f"rna_design: need 1 <= min_length <= max_length <= "
+                            f"{self.inputs.max_length}, got {min_length}, {max_length}")
+        self.lengths, self.gc = (min_length, max_length), (min_gc, max_gc)
+        self.min_pairs = min_pairs
+        self.sizes = {"train": train_size, "validation": eval_size, "test": eval_size}
+        self.seed = seed
+
+    def generate_samples(self, split: str) -> Iterator[dict]:
+        size = self.sizes[split]
+        tasks = [(self.seed, split, k, min(CHUNK, size - k * CHUNK), self.lengths, self.gc,
+                  self.min_pairs) for k in range(-(-size // CHUNK))]
+        workers = min(len(os.sched_getaffinity(0)), len(tasks))
+        if workers <= 1:
+            chunks = map(_designs, tasks)
+        else:  # imap keeps task order: the samples do not depend on the number of processes
+            pool = multiprocessing.Pool(workers)
+            chunks = pool.imap(_designs, tasks)
+        try:
+            for chunk in chunks:
+                for structure, sequence in chunk:
+                    sample = {"inputs": structure, "targets": sequence}
+                    if split != "train":
+                        sample["references"] = [structure]
+                    yield sample
+        finally:
+            if workers > 1:
+                pool.terminate()
+
+
+def _designs(task: tuple) -> list[tuple[str, str]]:
+    """One chunk of (MFE structure, sequence) pairs from its own seeded generator."""
+    seed, split, index, count, (low, high), (min_gc, max_gc), min_pairs = task
+    rng = random.Random(f"rna-{seed}-{split}-{index}")
+    out = []
+    while len(out) < count:
+        length, gc = rng.randint(low, high), rng.uniform(min_gc, max_gc)
+        sequence = "".join(rng.choice("GC") if rng.random() < gc else rng.choice("AU")
+                           for _ in range(length))
+        structure, _ = fold(sequence)
+        if structure.count("(") >= min_pairs and structure_hash(structure) not in EXCLUDED:
+            out.append((structure, sequence))
+    return out
+
+
+@register_problem("rna_eterna100")
+class RnaEterna100(RnaDesignBase):
+    """The Eterna100 RNA design benchmark (v1 or v2): 100 target structures to design for."""
+
+    splits = ("test",)
+
+    def __init__(self, *, version: Literal["v2", "v1"] = "v2", raw_dir: str | None = None):
+        self.version = version
+        self.raw_dir = resolve_raw_dir(raw_dir, "eterna100")
+
+    def puzzles(self) -> list[dict[str, str]]:
+        """[{"id", "name", "structure"}] in benchmark order."""
+        return read_puzzles(self._file())
+
+    def _file(self) -> Path:
+        for name in (f"eterna100_{self.version}.tsv", ETERNA100_FILES[self.version]):
+            if (self.raw_dir / name).is_file():
+                return self.raw_dir / name
+        name = ETERNA100_FILES[self.version]
+        return download(ETERNA100_URL + name, self.raw_dir / name,
+                        raw_dir_hint=f"problem.raw_dir=DIR (with eterna100_{self.version}.tsv "
+                                     f"or {name})")
+
+    def generate_samples(self, split: str) -> Iterator[dict]:
+        for puzzle in self.puzzles():
+            structure = puzzle["structure"]
+            yield {"inputs": structure, "targets": naive_design(structure),
+                   "references": [structure]}
+
+
+def read_puzzles(path: Path) -> list[dict[str, str]]:
+    """Rows of an Eterna100 TSV: ours (id, name, structure) or the benchmark repository's
+    (Puzzle #, Puzzle Name, ..., Secondary Structure, ...); a bad row names path and line."""
+    text = path.read_text(encoding="utf-8")
+    rows = list(csv.reader(io.StringIO(text), delimiter="\t"))
+    if not rows:
+        raise UserError(f"{path}: empty file; expected a TSV of Eterna100 puzzles")
+    header = [h.strip().lower() for h in rows[0]]
+    columns = {}
+    for key, names in (("id", ("id", "puzzle #")), ("name", ("name", "puzzle name")),
+                       ("structure", ("structure", "secondary structure"))):
+        found = [header.index(n) for n in names if n in header]
+        if not found:
+            raise UserError(f"{path}:1: no '{names[0]}' column (header: {', '.join(rows[0])})")
+        columns[key] = found[0]
+    puzzles = []
+    for number, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) <= max(columns.values()):
+            raise UserError(f"{path}:{number}: {len(row)} columns, expected at least "
+                            f"{max(columns.values()) + 1}")
+        puzzle = {key: row[index].strip() for key, index in columns.items()}
+        try:
+            pair_table(puzzle["structure"])
+        except UserError as error:
+            raise UserError(f"{path}:{number}: {error}") from None
+        puzzles.append(puzzle)
+    return puzzles

@@ -1,0 +1,137 @@
+"""Design-time search for RNA inverse folding, judged by ViennaRNA (module `RNA`).
+
+- `score`: 1 - normalised base-pair distance between the design's MFE structure and the target
+  (1.0 = solved: the MFE structure equals the target exactly).
+- `adaptive_walk`: local refinement. Mutate a mis-folded position (a pair as a pair, from the
+  pairs its constraint letters allow), keep the mutation unless the design gets worse (base-pair
+  distance, then the free-energy gap between the target and the MFE structure); restart from
+  the next seed design when stuck; stop when solved or at the deadline.
+- `random_design`: a random sequence that fits the target's pairs and the constraint, the start
+  of the search without a model.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+
+from modalities.rna import IUPAC, PAIRS, pair_table
+
+# Proposal weights: GC pairs stabilise helices most; loops mostly A (the classic start).
+PAIR_WEIGHTS = {"GC": 3, "CG": 3, "AU": 2, "UA": 2, "GU": 1, "UG": 1}
+LOOP_WEIGHTS = {"A": 4, "C": 1, "G": 1, "U": 1}
+
+
+def fold(sequence: str) -> tuple[str, float]:
+    """MFE structure and free energy (kcal/mol) under ViennaRNA's default parameters."""
+    import RNA
+
+    structure, energy = RNA.fold(sequence)
+    return structure, float(energy)
+
+
+def score(structure: str, sequence: str, constraint: str | None = None) -> float:
+    """1 - base-pair distance / (pairs in target + pairs in fold); 0 for an invalid design."""
+    import RNA
+
+    if len(sequence) != len(structure) or set(sequence) - set("ACGU"):
+        return 0.0
+    if constraint and any(b not in IUPAC[c] for b, c in zip(sequence, constraint, strict=True)):
+        return 0.0
+    folded, _ = fold(sequence)
+    pairs = (structure.count("(") + folded.count("(")) or 1
+    return 1.0 - RNA.bp_distance(structure, folded) / pairs
+
+
+def _evaluate(structure: str, sequence: str) -> tuple[tuple[int, float], str]:
+    """((base-pair distance, energy gap of the target over the MFE), MFE structure)."""
+    import RNA
+
+    compound = RNA.fold_compound(sequence)
+    folded, mfe = compound.mfe()
+    return (RNA.bp_distance(structure, folded), compound.eval_structure(structure) - mfe), folded
+
+
+def _choices(partner: list[int], constraint: str) -> list[list[tuple[str, ...]]]:
+    """Per position, the (base,) or (base i, base j) options with weights repeated."""
+    options: list[list[tuple[str, ...]]] = []
+    for i, j in enumerate(partner):
+        allowed = IUPAC[constraint[i]]
+        if j < 0:
+            options.append([(b,) for b in allowed for _ in range(LOOP_WEIGHTS[b])])
+        else:
+            other = IUPAC[constraint[j]]
+            options.append([(a, b) for a in allowed for b in other if b in PAIRS[a]
+                            for _ in range(PAIR_WEIGHTS[a + b])])
+    return options
+
+
+def random_design(structure: str, constraint: str, rng: random.Random) -> str:
+    partner, options = pair_table(structure), _choices(pair_table(structure), constraint)
+    sequence = [""] * len(structure)
+    for i, j in enumerate(partner):
+        if j < 0:
+            sequence[i] = rng.choice(options[i])[0]
+        elif i < j:
+            sequence[i], sequence[j] = rng.choice(options[i])
+    return "".join(sequence)
+
+
+def adaptive_walk(structure: str, constraint: str, starts: Sequence[str], deadline: float,
+                  rng: random.Random, patience: int | None = None) -> str:
+    """Best design found from `starts` (tried in order, then random restarts) by the deadline
+    (time.monotonic()); returns at once when one is solved."""
+    partner = pair_table(structure)
+    options = _choices(partner, constraint)
+    patience = patience or 4 * len(structure)
+    best, best_cost = None, (len(structure) + 1, float("inf"))
+    for attempt in range(10**9):
+        start = starts[attempt] if attempt < len(starts) else random_design(structure, constraint,
+                                                                            rng)
+        sequence = list(start)
+        cost, folded = _evaluate(structure, start)
+        stale = 0
+        while cost[0] > 0 and stale < patience and time.monotonic() < deadline:
+            folded_partner = pair_table(folded)
+            wrong = [i for i in range(len(partner)) if folded_partner[i] != partner[i]]
+            i = rng.choice(wrong)
+            trial = sequence.copy()
+            choice = rng.choice(options[i])
+            if partner[i] < 0:
+                trial[i] = choice[0]
+            else:
+                low, high = sorted((i, partner[i]))
+                trial[low], trial[high] = choice if i == low else choice[::-1]
+            trial_cost, trial_folded = _evaluate(structure, "".join(trial))
+            stale = 0 if trial_cost < cost else stale + 1
+            if trial_cost <= cost:
+                sequence, cost, folded = trial, trial_cost, trial_folded
+        if cost < best_cost:
+            best, best_cost = "".join(sequence), cost
+        if best_cost[0] == 0 or time.monotonic() >= deadline:
+            return best
+    return best
+
+
+def inverse_fold_restarts(structure: str, deadline: float, rng: random.Random,
+                          found=None) -> str | None:
+    """ViennaRNA's own RNAinverse (`RNA.inverse_fold`), restarted from random sequences until
+    it solves the target or the deadline passes: the baseline of the Eterna100 benchmark.
+    One inverse_fold call cannot be interrupted: callers that need a hard deadline run this
+    in a process they can stop, and take each better design from `found(design, distance)`."""
+    import RNA
+
+    best, best_distance = None, len(structure) + 1
+    while time.monotonic() < deadline:
+        start = "".join(rng.choice("ACGU") for _ in structure)
+        design, _ = RNA.inverse_fold(start, structure)
+        design = design.upper()
+        distance = RNA.bp_distance(structure, fold(design)[0])
+        if distance < best_distance:
+            best, best_distance = design, distance
+            if found is not None:
+                found(design, distance)
+        if distance == 0:
+            break
+    return best
