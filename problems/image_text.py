@@ -15,13 +15,12 @@ skips such images instead and counts them in meta.json.
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
 from modalities import ImageModality, TextModality
-from problems.text_pairs import read_lines
+from problems.text_pairs import read_json_lines
 from t2t import Problem, register_problem
 from t2t.errors import UserError
 from t2t.problem import holdout
@@ -32,13 +31,7 @@ def read_metadata(folder: Path, text_column: str = "text") -> list[tuple[Path, l
     texts: dict[str, list[str]] = {}
     jsonl, table = folder / "metadata.jsonl", folder / "metadata.csv"
     if jsonl.is_file():
-        for number, line in read_lines(jsonl):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise UserError(f"{jsonl}:{number}: invalid JSON ({error.msg})") from None
+        for number, record in read_json_lines(jsonl):
             _add(texts, record, text_column, f"{jsonl}:{number}")
     elif table.is_file():
         with open(table, newline="", encoding="utf-8-sig") as f:

@@ -12,13 +12,12 @@ skips such utterances instead and counts them in meta.json.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
 from modalities import AudioModality, TextModality
-from problems.text_pairs import read_lines
+from problems.text_pairs import read_json_lines
 from t2t import Problem, register_problem
 from t2t.errors import UserError
 from t2t.problem import holdout
@@ -29,13 +28,7 @@ def read_manifest(path: str | Path, audio_key: str = "audio_filepath",
     """(audio path, transcript) per line of a JSONL manifest; a bad line names path:line."""
     path = Path(path)
     records = []
-    for number, line in read_lines(path):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise UserError(f"{path}:{number}: invalid JSON ({error.msg})") from None
+    for number, record in read_json_lines(path):
         if not isinstance(record, dict) or not isinstance(record.get(audio_key), str):
             raise UserError(f"{path}:{number}: no '{audio_key}' field")
         if not isinstance(record.get(text_key), str):

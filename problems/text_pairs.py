@@ -74,14 +74,20 @@ def read_tsv(path: str | Path, header: tuple[str, str]) -> Iterator[dict[str, st
         yield {"inputs": fields[0], "targets": fields[1]}
 
 
-def read_jsonl(path: str | Path, source_key: str, target_key: str) -> Iterator[dict[str, str]]:
+def read_json_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) of each non-blank line of a JSONL file; invalid JSON stops
+    with the file's path and line."""
     for number, line in read_lines(path):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            yield number, json.loads(line)
         except json.JSONDecodeError as error:
             raise UserError(f"{path}:{number}: invalid JSON ({error.msg})") from None
+
+
+def read_jsonl(path: str | Path, source_key: str, target_key: str) -> Iterator[dict[str, str]]:
+    for number, record in read_json_lines(path):
         if not isinstance(record, dict):
             raise UserError(f"{path}:{number}: expected a JSON object")
         for key in (source_key, target_key):
