@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from t2t.data import ROLES, read_meta, restore_vocabularies, shard_pipeline, split_shards
+from t2t.errors import UserError
 from t2t.problem import Problem
 
 
@@ -90,7 +91,8 @@ def equalize(plans: list[list[np.ndarray]], lengths: np.ndarray) -> list[list[np
     for plan in plans:
         plan = list(plan)
         while len(plan) < target:
-            cost = [len(b) * lengths[b].max() if len(b) > 1 else -1 for b in plan]
+            cost = [len(b) * lengths[b].max() if b is not None and len(b) > 1 else -1
+                    for b in plan]
             i = int(np.argmax(cost))
             if cost[i] < 0:
                 break
@@ -100,11 +102,28 @@ def equalize(plans: list[list[np.ndarray]], lengths: np.ndarray) -> list[list[np
     return out
 
 
+def fit_length(plan: list[np.ndarray | None], target: int, lengths: np.ndarray
+               ) -> list[np.ndarray | None]:
+    """The plan with exactly `target` batches: fillers dropped and the two smallest batches
+    merged (leftovers at window ends, well under budget) while it has more; the largest split
+    (as in `equalize`) while it has fewer."""
+    plan = [b for b in plan if b is not None]  # `equalize` adds fillers back where needed
+    while len(plan) > target:
+        first, second = sorted(range(len(plan)), key=lambda i: len(plan[i]))[:2]
+        plan[first] = np.concatenate([plan[first], plan[second]])
+        del plan[second]
+    return equalize([plan, [None] * target], lengths)[0]
+
+
 def epoch_plan(counts: list[int], lengths: np.ndarray, epoch: int, world: int, rank: int,
-               s: PlanSettings) -> list[np.ndarray | None]:
+               s: PlanSettings, target: int | None = None) -> list[np.ndarray | None]:
+    """One rank's batches for an epoch. Bucketing gives each epoch a slightly different number
+    of batches; with `target` (the first epoch's count) every epoch has the same, as the
+    trainer counts an epoch by the loader's length."""
     plans = [plan_rank(rank_order(counts, epoch, world, r, s), lengths, epoch, r, s)
              for r in range(world)]
-    return equalize(plans, lengths)[rank]
+    plan = equalize(plans, lengths)[rank]
+    return plan if target is None else fit_length(plan, target, lengths)
 
 
 class PlannedBatches(IterableDataset):
@@ -124,34 +143,41 @@ class PlannedBatches(IterableDataset):
         self._len = len(epoch_plan(self.counts, self.lengths, 0, world, rank, settings))
 
     def __len__(self) -> int:
-        return self._len  # the same for every epoch and every rank (see `equalize`)
+        return self._len  # the same for every epoch and every rank (see `epoch_plan`)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        plan = epoch_plan(self.counts, self.lengths, self.epoch, self.world, self.rank,
-                          self.settings)
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         # Counting from the resume point keeps the round-robin order equal to plan order.
-        mine = [(j, b) for j, b in enumerate(plan)
-                if j >= self.skip and (j - self.skip) % workers == worker]
-        needed = {int(i) for _, b in mine if b is not None for i in b}
+        positions = [j for j in range(self._len)
+                     if j >= self.skip and (j - self.skip) % workers == worker]
+        return self.batches_at(self.epoch, positions)
+
+    def batches_at(self, epoch: int, positions: list[int]) -> Iterator[dict[str, Any]]:
+        """The batches at these positions (ascending) of an epoch's plan, in that order."""
+        plan = epoch_plan(self.counts, self.lengths, epoch, self.world, self.rank, self.settings,
+                          target=self._len)
+        mine = [plan[j] for j in positions]
+        # Filler batches (None, see `equalize`) repeat the plan's first batch at zero weight.
+        filler = {int(i) for i in plan[0]} if any(b is None for b in mine) else set()
+        needed = filler | {int(i) for b in mine if b is not None for i in b}
         # A window's batches may come in any order: load the samples they need, in reading
         # order, and emit each batch once all of its samples are in.
         starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]])
         loaded: dict[int, dict] = {}
-        samples = self._read(self.rank_shards(), starts, needed)
-        for _, batch in mine:
+        samples = self._read(self.rank_shards(epoch), starts, needed)
+        for batch in mine:
             indices = batch if batch is not None else plan[0]
             while any(int(i) not in loaded for i in indices):
                 index, sample = next(samples)
                 loaded[index] = sample
             yield self._collate([loaded[int(i)] for i in indices], weight=float(batch is not None))
-            if batch is not None:
-                for i in batch:
+            for i in batch if batch is not None else ():
+                if int(i) not in filler:
                     loaded.pop(int(i), None)
 
-    def rank_shards(self) -> list[int]:
-        order = rank_order(self.counts, self.epoch, self.world, self.rank, self.settings)
+    def rank_shards(self, epoch: int) -> list[int]:
+        order = rank_order(self.counts, epoch, self.world, self.rank, self.settings)
         starts = np.concatenate([[0], np.cumsum(self.counts)])
         shard_of = np.searchsorted(starts, order, side="right") - 1
         return list(dict.fromkeys(shard_of.tolist()))  # in reading order, each once
@@ -174,6 +200,73 @@ class PlannedBatches(IterableDataset):
         return {"problem": self.problem_index, "inputs": inputs, "inputs_pad": inputs_pad,
                 "targets": targets, "keys": [s["key"] for s in samples], "weight": weight,
                 "references": [s["references"] for s in samples]}
+
+
+def mixture_weights(rates: Any, sizes: list[int], temperature: float = 1.0) -> np.ndarray:
+    """Probability that a batch comes from each member: `rates` (a weight per member) or, for
+    "examples", the members' training sizes; raised to 1 / temperature (T5's temperature
+    mixing: > 1 evens the members out) and normalised."""
+    if isinstance(rates, str):
+        if rates != "examples":
+            raise UserError(f"mixture rates={rates!r}: give 'examples' or one weight per member")
+        rates = sizes
+    rates = np.asarray(list(rates), dtype=np.float64)
+    if len(rates) != len(sizes) or (rates < 0).any() or rates.sum() <= 0:
+        raise UserError(f"mixture rates {rates.tolist()}: need {len(sizes)} non-negative "
+                        f"weights, not all zero (one per member)")
+    if temperature <= 0:
+        raise UserError(f"mixture temperature={temperature}: must be > 0")
+    weights = rates ** (1.0 / temperature)
+    return weights / weights.sum()
+
+
+class MixedBatches(IterableDataset):
+    """Batches of several problems for one rank. Each batch is one member's (a batch of that
+    member's plan, with its own token budget); which member is drawn by a schedule seeded by
+    (seed, epoch), the same on every rank. An epoch holds as many batches as the members' plans
+    together; a member whose plan runs out goes on with its next epoch, so the schedule, the
+    member epochs and the positions in them are all a function of (epoch, batch index): a
+    resumed run skips exactly the batches it trained on."""
+
+    def __init__(self, members: list[PlannedBatches], weights: np.ndarray, seed: int = 1):
+        self.members, self.weights, self.seed = members, weights, seed
+        self.epoch, self.skip = 0, 0
+        self._len = sum(len(m) for m in members)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def schedule(self, epoch: int) -> np.ndarray:
+        """(len,) member index of every batch of an epoch."""
+        rng = np.random.default_rng([self.seed, epoch, 1])
+        return rng.choice(len(self.members), size=self._len, p=self.weights)
+
+    def positions(self, epoch: int) -> list[tuple[int, int, int]]:
+        """(member, member epoch, position in that epoch's plan) of every batch of an epoch."""
+        used = np.zeros(len(self.members), dtype=np.int64)  # member batches before this epoch
+        for earlier in range(epoch):
+            used += np.bincount(self.schedule(earlier), minlength=len(self.members))
+        out = []
+        for m in self.schedule(epoch).tolist():
+            size = len(self.members[m])
+            out.append((m, int(used[m] // size), int(used[m] % size)))
+            used[m] += 1
+        return out
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        positions = self.positions(self.epoch)
+        mine = [positions[j] for j in range(self._len)
+                if j >= self.skip and (j - self.skip) % workers == worker]
+        streams = [self._stream(m, [(e, i) for member, e, i in mine if member == m])
+                   for m in range(len(self.members))]
+        for member, _, _ in mine:
+            yield next(streams[member])
+
+    def _stream(self, m: int, requests: list[tuple[int, int]]) -> Iterator[dict[str, Any]]:
+        for epoch, group in itertools.groupby(requests, key=lambda request: request[0]):
+            yield from self.members[m].batches_at(epoch, [i for _, i in group])
 
 
 class PlannedLoader(DataLoader):
@@ -217,13 +310,16 @@ def padding_fraction(batch: dict[str, Any]) -> float:
 
 
 class T2TDataModule(L.LightningDataModule):
-    """Training and validation batches of one problem's shards, for any number of ranks."""
+    """Training and validation batches of one problem's shards, or of a mixture of problems
+    (`rates`, `temperature`: see `mixture_weights`), for any number of ranks."""
 
-    def __init__(self, problem: Problem, problem_dir: Path, *, max_tokens: int = 4096,
+    def __init__(self, problems: list[Problem], problem_dirs: list[Path], *,
+                 rates: Any = "examples", temperature: float = 1.0, max_tokens: int = 4096,
                  max_rows: int = 512, window: int = 4096, seed: int = 1, num_workers: int = 1,
                  val_split: str = "validation"):
         super().__init__()
-        self.problem, self.problem_dir = problem, problem_dir
+        self.problems, self.problem_dirs = problems, problem_dirs
+        self.rates, self.temperature = rates, temperature
         self.settings = PlanSettings(max_tokens=max_tokens, max_rows=max_rows, window=window,
                                      seed=seed)
         self.num_workers, self.val_split = num_workers, val_split
@@ -236,16 +332,28 @@ class T2TDataModule(L.LightningDataModule):
         trainer = self.trainer
         return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
-    def train_dataloader(self) -> PlannedLoader:
+    def _batches(self, split: str, settings: PlanSettings, augment: bool
+                 ) -> list[PlannedBatches]:
         world, rank = self._ranks()
-        dataset = PlannedBatches(self.problem, self.problem_dir, "train", 0, self.settings,
-                                 world, rank, augment=True)
+        return [PlannedBatches(problem, problem_dir, split, index, settings, world, rank,
+                               augment=augment)
+                for index, (problem, problem_dir) in enumerate(zip(self.problems,
+                                                                   self.problem_dirs,
+                                                                   strict=True))]
+
+    def train_dataloader(self) -> PlannedLoader:
+        members = self._batches("train", self.settings, augment=True)
+        dataset = members[0]
+        if len(members) > 1:
+            sizes = [int(sum(m.counts)) for m in members]
+            dataset = MixedBatches(members, mixture_weights(self.rates, sizes, self.temperature),
+                                   seed=self.settings.seed)
         return make_loader(dataset, self.num_workers,
                            trainer_progress=self._progress if self.trainer else None)
 
-    def val_dataloader(self) -> PlannedLoader:
-        world, rank = self._ranks()
+    def val_dataloader(self) -> PlannedLoader | list[PlannedLoader]:
+        """One loader per problem: validation reports every member on its own."""
         settings = dataclasses.replace(self.settings, shuffle=False)
-        dataset = PlannedBatches(self.problem, self.problem_dir, self.val_split, 0, settings,
-                                 world, rank)
-        return make_loader(dataset, min(self.num_workers, 1))
+        loaders = [make_loader(dataset, min(self.num_workers, 1))
+                   for dataset in self._batches(self.val_split, settings, augment=False)]
+        return loaders[0] if len(loaders) == 1 else loaders

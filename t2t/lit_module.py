@@ -126,13 +126,15 @@ class T2TLitModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._decoded = {}
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def validation_step(self, batch: dict[str, Any], batch_idx: int,
+                        dataloader_idx: int = 0) -> None:
         loss, _ = self.loss(batch, 0.0)
         problem = self.problems[batch["problem"]]
         self.log(f"val/{problem.name}/loss", loss, sync_dist=True,
-                 batch_size=len(batch["targets"]))
+                 batch_size=len(batch["targets"]), add_dataloader_idx=False)
         # Decode batches spread over the split: its batches are sorted by length.
-        total = self.trainer.num_val_batches[0] if self.trainer.num_val_batches else 1
+        counts = self.trainer.num_val_batches
+        total = counts[dataloader_idx] if counts else 1
         stride = max(1, int(total) // max(1, self.val_decode_batches))
         if batch_idx % stride == 0 and batch_idx // stride < self.val_decode_batches:
             self._decode_for_metrics(batch)

@@ -88,6 +88,20 @@ def problem_config_class(problem_class: type) -> type:
     return dataclasses.make_dataclass(f"{problem_class.name}_options", fields)
 
 
+MIXTURE = "mixture"
+
+
+@dataclasses.dataclass
+class MixtureOptions:
+    """`problem=mixture`: several problems trained together by one model."""
+
+    name: str = MIXTURE
+    # Member problems: names, or {name: ..., option: value, ...} with their options.
+    members: list[Any] = dataclasses.field(default_factory=list)
+    rates: Any = "examples"  # "examples" (proportional to training size) or a weight per member
+    temperature: float = 1.0  # > 1 evens the members out (rates ** 1/temperature)
+
+
 def register_problem_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
@@ -96,6 +110,7 @@ def register_problem_configs() -> None:
     store = ConfigStore.instance()
     for name in problems.names():
         store.store(group="problem", name=name, node=problem_config_class(problems.get(name)))
+    store.store(group="problem", name=MIXTURE, node=MixtureOptions)
 
 
 def build_problem(node: Any) -> Any:
@@ -105,7 +120,35 @@ def build_problem(node: Any) -> Any:
     from t2t.registry import problems
 
     options = OmegaConf.to_container(node, resolve=True)
+    if options.get("name") == MIXTURE:
+        raise UserError("this command takes one problem, not a mixture; pass "
+                        "problem=<member name>")
     return problems.get(options.pop("name"))(**options)
+
+
+def build_problems(node: Any) -> tuple[list[Any], dict[str, Any]]:
+    """The problems a `problem` node describes (one, or a mixture's members) and the mixing
+    options (rates, temperature) for the data module."""
+    from omegaconf import OmegaConf
+
+    from t2t.registry import problems
+
+    options = OmegaConf.to_container(node, resolve=True)
+    if options.get("name") != MIXTURE:
+        return [build_problem(node)], {}
+    members = []
+    for member in options["members"]:
+        spec = {"name": member} if isinstance(member, str) else dict(member)
+        if "name" not in spec:
+            raise UserError(f"mixture member {member} has no name; give a problem name or "
+                            f"{{name: ..., option: value}}")
+        members.append(problems.get(spec.pop("name"))(**spec))
+    if not members:
+        raise UserError("problem=mixture needs problem.members=[name,name,...]")
+    names = [m.name for m in members]
+    if len(set(names)) < len(names):
+        raise UserError(f"mixture members must differ, got {', '.join(names)}")
+    return members, {"rates": options["rates"], "temperature": options["temperature"]}
 
 
 # -- checking command-line overrides ---------------------------------------------------------
@@ -165,7 +208,7 @@ def check_overrides(command: str, config_name: str, argv: list[str]) -> None:
                 continue
             if key in groups:
                 choice = override.split("=", 1)[1]
-                if key == "problem" and choice not in problems:
+                if key == "problem" and choice not in problems and choice != MIXTURE:
                     problems.get(choice)  # raises with close matches
                 options = loader.get_group_options(key)
                 if choice not in options:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from t2t.cli.common import build_problem, run_hydra
+from t2t.cli.common import build_problems, run_hydra
 
 
 def datagen(config: Any) -> None:
     from t2t.data import generate
 
-    problem = build_problem(config.problem)
-    generate(problem, config.data_dir, **config.datagen)
+    problems, _ = build_problems(config.problem)  # a mixture: every member's shards
+    for problem in problems:
+        generate(problem, config.data_dir, **config.datagen)
 
 
 def main() -> None:

@@ -8,20 +8,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from t2t.cli.common import build_problem, run_hydra
+from t2t.cli.common import build_problems, run_hydra
 from t2t.errors import UserError
 
 
-def checkpoint_info(problem: Any, problem_dir: Path, model_config: Any) -> dict[str, Any]:
+def checkpoint_info(problems: list[Any], problem_dirs: list[Path], model_config: Any
+                    ) -> dict[str, Any]:
     """What t2t-decode and t2t-eval need to rebuild the model without the shards."""
     from t2t.data import read_meta
 
-    meta = read_meta(problem_dir)
-    vocab = {role: {"file": m["vocab"], "data": (problem_dir / m["vocab"]).read_bytes()}
-             for role, m in meta["modalities"].items() if m.get("vocab")}
-    return {"problems": [{"name": problem.name, "options": problem.options, "vocab": vocab,
-                          "keys": {r: m["key"] for r, m in meta["modalities"].items()}}],
-            "model": dataclasses.asdict(model_config)}
+    specs = []
+    for problem, problem_dir in zip(problems, problem_dirs, strict=True):
+        meta = read_meta(problem_dir)
+        vocab = {role: {"file": m["vocab"], "data": (problem_dir / m["vocab"]).read_bytes()}
+                 for role, m in meta["modalities"].items() if m.get("vocab")}
+        specs.append({"name": problem.name, "options": problem.options, "vocab": vocab,
+                      "keys": {r: m["key"] for r, m in meta["modalities"].items()}})
+    return {"problems": specs, "model": dataclasses.asdict(model_config)}
 
 
 def shards_for(problem: Any, config: Any) -> Path:
@@ -48,17 +51,18 @@ def train(config: Any) -> None:
     from t2t.model import T2TModel
 
     L.seed_everything(config.seed, workers=True, verbose=False)
-    problem = build_problem(config.problem)
-    problem_dir = shards_for(problem, config)
+    problems, mixing = build_problems(config.problem)
+    problem_dirs = [shards_for(problem, config) for problem in problems]
     model_config = hydra.utils.instantiate(config.model)
-    model = T2TModel(model_config, [(problem.inputs, problem.targets)])
+    model = T2TModel(model_config, [(p.inputs, p.targets) for p in problems])
     module = T2TLitModule(
-        model, [problem], **config.optim, max_steps=config.trainer.max_steps,
+        model, problems, **config.optim, max_steps=config.trainer.max_steps,
         val_decode_batches=config.eval.decode_batches, beam_size=config.eval.beam_size,
         record_samples=config.record_samples,
         max_decode_length=config.eval.max_decode_length,
-        checkpoint_info=checkpoint_info(problem, problem_dir, model_config))
-    datamodule = T2TDataModule(problem, problem_dir, seed=config.seed, **config.data)
+        checkpoint_info=checkpoint_info(problems, problem_dirs, model_config))
+    datamodule = T2TDataModule(problems, problem_dirs, seed=config.seed, **mixing,
+                               **config.data)
 
     run_dir = Path(config.run_dir)
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True,
@@ -68,7 +72,8 @@ def train(config: Any) -> None:
         logger=[TensorBoardLogger(run_dir, name="tb"), CSVLogger(run_dir, name="csv")])
     last = run_dir / "checkpoints" / "last.ckpt"
     if trainer.is_global_zero:
-        print(f"t2t-train: {problem.name}, {model.body.num_parameters():,} body parameters, "
+        print(f"t2t-train: {', '.join(p.name for p in problems)}, "
+              f"{model.body.num_parameters():,} body parameters, "
               f"run_dir {run_dir}" + (f", resuming from {last}" if last.is_file() else ""))
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
     if trainer.interrupted:
