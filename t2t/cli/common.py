@@ -155,15 +155,19 @@ def build_problems(node: Any) -> tuple[list[Any], dict[str, Any]]:
 
 
 def _flat_keys(node: Any, prefix: str = "") -> list[str]:
-    from omegaconf import DictConfig
+    """Every dotted key of a config, list items included (problem.members.0.raw_dir)."""
+    from omegaconf import DictConfig, ListConfig
 
+    if isinstance(node, DictConfig):
+        children = [(key, node._get_node(key)) for key in node.keys()]
+    elif isinstance(node, ListConfig):
+        children = [(str(i), node._get_node(i)) for i in range(len(node))]
+    else:
+        return []
     keys = []
-    for key in node.keys() if isinstance(node, DictConfig) else []:
+    for key, child in children:
         full = f"{prefix}{key}"
-        keys.append(full)
-        child = node._get_node(key)
-        if isinstance(child, DictConfig):
-            keys += _flat_keys(child, f"{full}.")
+        keys += [full, *_flat_keys(child, f"{full}.")]
     return keys
 
 
