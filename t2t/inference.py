@@ -54,13 +54,14 @@ def _rebuild_problem(spec: dict[str, Any]) -> Problem:
 
 def select_problem(problems: list[Problem], name: str, ckpt: str | Path,
                    problem: Problem | None = None) -> int:
-    """Index of the checkpoint's problem `name`; or, for a problem it was not trained on (a
-    benchmark, say), of the one trained problem with the same input and target modalities,
-    whose problem token then stands in for it."""
+    """Index of the checkpoint's problem `name`; or, for a benchmark (a problem without a
+    train split) it was not trained on, of the one trained problem with the same input and
+    target modalities, whose problem token then stands in for it. Another task with the same
+    modalities (sort vs reverse) is an error: its token was never trained."""
     names = [p.name for p in problems]
     if name in names:
         return names.index(name)
-    if problem is not None:
+    if problem is not None and "train" not in problem.splits:
         keys = (problem.inputs.key, problem.targets.key)
         same = [i for i, p in enumerate(problems) if (p.inputs.key, p.targets.key) == keys]
         if len(same) == 1:
