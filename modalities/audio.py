@@ -61,11 +61,25 @@ def read_audio(raw: Any, default_rate: int) -> tuple[np.ndarray, int]:
     return waveform.astype(np.float32), int(rate)
 
 
+def _torchaudio():
+    """torchaudio, or one clear line when it cannot load beside the installed torch (its
+    releases are built for one torch; a mismatch fails at import)."""
+    try:
+        import torchaudio
+        import torchaudio.functional
+        import torchaudio.transforms
+    except (ImportError, OSError, RuntimeError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(f"torchaudio cannot be loaded with torch {torch.__version__} "
+                        f"({reason}); install matching versions: "
+                        f"pip install -e . -c constraints.txt") from None
+    return torchaudio
+
+
 def resample(waveform: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
     if rate == target_rate:
         return waveform
-    import torchaudio.functional
-
+    torchaudio = _torchaudio()
     return torchaudio.functional.resample(torch.from_numpy(waveform), rate, target_rate).numpy()
 
 
@@ -164,8 +178,7 @@ class AudioFeatures(nn.Module):
     def __init__(self, sample_rate: int, n_fft: int, window: int, hop: int, num_mels: int,
                  channels: int, d_model: int, spec_augment: dict | None):
         super().__init__()
-        import torchaudio
-
+        torchaudio = _torchaudio()
         self.n_fft, self.hop = n_fft, hop
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate, n_fft=n_fft, win_length=window, hop_length=hop, n_mels=num_mels,
@@ -182,6 +195,9 @@ class AudioFeatures(nn.Module):
         self.conv1 = nn.Conv2d(1, channels, kernel_size=3, stride=2, padding=1)
         self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, stride=2, padding=1)
         self.project = nn.Linear(channels * subsampled(torch.tensor(num_mels)).item(), d_model)
+        # Unit scale per channel, like scaled token embeddings: the raw projection is ~0.1,
+        # small beside the body's position signal (see modalities.image.ImagePatches).
+        self.norm = nn.LayerNorm(d_model)
 
     def forward(self, waveforms: torch.Tensor, pad_mask: torch.Tensor):
         lengths = num_frames((~pad_mask).sum(dim=1), self.n_fft, self.hop)  # (B,)
@@ -202,7 +218,7 @@ class AudioFeatures(nn.Module):
             x = torch.relu(conv(x))
             lengths = (lengths + 1) // 2
             x = x * _valid(lengths, x.shape[2])[:, None, :, None]
-        x = self.project(x.permute(0, 2, 1, 3).flatten(2))  # (B, T, channels * M/4) -> C
+        x = self.norm(self.project(x.permute(0, 2, 1, 3).flatten(2)))  # (B, T, ch*M/4) -> C
         return x, ~_valid(lengths, x.shape[1])  # (B, T, C), (B, T) True = padding
 
 

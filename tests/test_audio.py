@@ -392,3 +392,16 @@ def test_random_is_not_used_globally():
     a = [s["targets"] for s in MorseCode(eval_size=5).generate_samples("test")]
     random.seed(2)
     assert a == [s["targets"] for s in MorseCode(eval_size=5).generate_samples("test")]
+
+
+def test_torchaudio_that_cannot_load_is_one_clear_error(monkeypatch):
+    import sys
+
+    from modalities.audio import resample
+
+    for name in [m for m in sys.modules if m == "torchaudio" or m.startswith("torchaudio.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "torchaudio", None)  # import fails, as on a mismatch
+    with pytest.raises(UserError, match=r"torchaudio cannot be loaded with torch .*"
+                                        r"pip install -e \. -c constraints\.txt"):
+        resample(np.zeros(800, dtype=np.float32), 8000, 16000)

@@ -24,7 +24,7 @@ def fenced_blocks(language: str) -> list[str]:
 
 def test_readme_main_job_runs(tmp_path):
     main_job = fenced_blocks("bash")[0].strip()
-    setup = "pip install -e . && "
+    setup = "pip install -e . -c constraints.txt && "
     assert main_job.startswith(setup), "the first Quickstart command sets up, then runs"
     # The full quickstart takes minutes; here it runs as typed, but for 40 steps.
     shortened = main_job.removeprefix(setup) + (
