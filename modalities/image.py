@@ -5,6 +5,7 @@ with torchvision.io and scaled to `height` pixels keeping the aspect ratio (narr
 `max_width`, else scaled to fit it and padded below). A batch pads widths to its widest image;
 the bottom cuts `patch_size` squares, embeds them with one strided convolution, adds learned
 row and column embeddings (2-D position) and masks the patches that are only padding.
+Patches are ordered column by column, so the sequence reads left to right like text.
 Grayscale (channels=1) and RGB (channels=3) both work; images are converted on load.
 """
 
@@ -135,7 +136,9 @@ class ImageModality(Modality):
 
     def collate(self, values: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C, height, W) uint8 padded on the right to whole patches, and the (B, T)
-        patch padding mask (row-major patch order, True = padding)."""
+        patch padding mask (True = padding). Patches are ordered column by column (top to
+        bottom within a column), so the sequence reads left to right like the text in the
+        image, and an image's padding is the end of its sequence."""
         p = self.patch_size
         columns = [math.ceil(v.shape[2] / p) for v in values]
         width = max(columns) * p
@@ -143,7 +146,7 @@ class ImageModality(Modality):
         for i, image in enumerate(values):
             batch[i, :, :, : image.shape[2]] = image
         column_is_pad = torch.arange(max(columns))[None, :] >= torch.tensor(columns)[:, None]
-        mask = column_is_pad[:, None, :].expand(-1, self.height // p, -1).flatten(1)
+        mask = column_is_pad[:, :, None].expand(-1, -1, self.height // p).flatten(1)
         return batch, mask
 
     # -- model side ------------------------------------------------------------------------
@@ -155,17 +158,24 @@ class ImageModality(Modality):
 
 
 class ImagePatches(nn.Module):
-    """(B, C, H, W) uint8 -> (B, rows*cols, d_model) patch embeddings with 2-D positions."""
+    """(B, C, H, W) uint8 -> (B, cols*rows, d_model) patch embeddings with 2-D positions.
+
+    The embeddings are layer-normalised: unit scale per channel like scaled token
+    embeddings. Unnormalised (~0.06 per channel) the content drowned in the body's position
+    signal, and the model learned to ignore the image: on 64 single MNIST digits it never
+    got below the prior's loss, where with the norm it memorised them in 60 steps."""
 
     def __init__(self, channels: int, patch_size: int, d_model: int, rows: int, columns: int):
         super().__init__()
+        self.patch_size = patch_size
         self.project = nn.Conv2d(channels, d_model, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(d_model)
         self.row = nn.Parameter(torch.randn(rows, d_model) * 0.02)
         self.column = nn.Parameter(torch.randn(columns, d_model) * 0.02)
 
     def forward(self, images: torch.Tensor, pad_mask: torch.Tensor):
         x = images.float() / 127.5 - 1.0  # [0, 255] -> [-1, 1], on the device
-        x = self.project(x)  # (B, C, rows, cols)
-        rows, cols = x.shape[2], x.shape[3]
-        x = x + self.row[:rows].T[None, :, :, None] + self.column[:cols].T[None, :, None, :]
-        return x.flatten(2).transpose(1, 2), pad_mask  # (B, rows*cols, C), (B, rows*cols)
+        x = self.norm(self.project(x).permute(0, 3, 2, 1))  # (B, cols, rows, C)
+        cols, rows = x.shape[1], x.shape[2]
+        x = x + self.row[:rows][None, None] + self.column[:cols][None, :, None]
+        return x.flatten(1, 2), pad_mask  # (B, cols*rows, C), (B, cols*rows)

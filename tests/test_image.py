@@ -190,7 +190,7 @@ def test_length_is_the_number_of_patches_of_the_loaded_image(height, width):
     assert not mask.any()  # one image alone: nothing is padding
 
 
-def test_collate_masks_exactly_the_padding_columns_row_major():
+def test_collate_masks_exactly_the_padding_columns_in_reading_order():
     modality = ImageModality(**MODALITY)  # 4 patch rows
     widths = [40, 10, 4, 23]  # 10, 3 (the last one partly real), 1 and 6 patch columns
     images = [modality.load(modality.encode(noise(16, w, seed=w))) for w in widths]
@@ -200,7 +200,8 @@ def test_collate_masks_exactly_the_padding_columns_row_major():
     assert mask.shape == (4, 4 * 10) and mask.dtype == torch.bool
     for i, (image, width) in enumerate(zip(images, widths, strict=True)):
         real = math.ceil(width / 4)
-        expected = torch.tensor([[c >= real for c in range(10)] for _ in range(4)]).flatten()
+        # column by column: 4 patches per column, the padding columns last
+        expected = torch.tensor([[c >= real for _ in range(4)] for c in range(10)]).flatten()
         assert torch.equal(mask[i], expected), width
         assert torch.equal(batch[i, :, :, :width], image)
         assert (batch[i, :, :, width:] == 0).all()
@@ -219,8 +220,8 @@ def test_bottom_embeds_patches_and_keeps_the_mask():
     # The narrow image's real patches embed the same alone as next to a wider image.
     alone, alone_mask = bottom(*modality.collate(images[1:]))
     assert alone.shape == (1, 4 * 3, 24) and not alone_mask.any()
-    together = embeddings[1].view(4, 10, 24)[:, :3]
-    assert torch.allclose(together, alone[0].view(4, 3, 24), atol=1e-5)
+    together = embeddings[1].view(10, 4, 24)[:3]
+    assert torch.allclose(together, alone[0].view(3, 4, 24), atol=1e-5)
 
 
 @pytest.mark.parametrize("modality_augment, load_augment", [(True, True), (True, False),
