@@ -63,9 +63,10 @@ class SpokenDigitsFsdd(Problem):
 
     def __init__(self, *, raw_dir: str | None = None, test_speakers: list[str] = ("george",),
                  min_digits: int = 1, max_digits: int = 7, train_size: int = 20_000,
-                 eval_size: int = 500, seed: int = 1):
+                 eval_size: int = 500, seed: int = 1, ctc_weight: float = 0.5):
         self.raw_dir = resolve_raw_dir(raw_dir, "fsdd")
         self.test_speakers = list(test_speakers)
+        self.ctc_weight = ctc_weight  # words in the order spoken: see Problem.ctc_weight
         self.min_digits, self.max_digits, self.seed = min_digits, max_digits, seed
         self.sizes = {"train": train_size, "validation": eval_size, "test": eval_size}
         self.inputs = AudioModality(sample_rate=SAMPLE_RATE, num_mels=40)

@@ -70,12 +70,15 @@ class MnistDigitStrings(Problem):
     metrics = ("exact_match", "cer")
 
     def __init__(self, *, raw_dir: str | None = None, min_digits: int = 1, max_digits: int = 6,
-                 train_size: int = 50_000, eval_size: int = 1000, seed: int = 1):
+                 train_size: int = 50_000, eval_size: int = 1000, seed: int = 1,
+                 ctc_weight: float = 0.5):
         self.raw_dir = resolve_raw_dir(raw_dir, "mnist")
         self.min_digits, self.max_digits, self.seed = min_digits, max_digits, seed
+        self.ctc_weight = ctc_weight  # digits read left to right: see Problem.ctc_weight
         self.sizes = {"train": train_size, "validation": eval_size, "test": eval_size}
-        self.inputs = ImageModality(height=32, max_width=36 * max_digits, channels=1,
-                                    patch_size=4, augment=True)
+        width = -(-36 * max_digits // 8) * 8  # room for max_digits, in whole 8-pixel patches
+        self.inputs = ImageModality(height=32, max_width=width, channels=1,
+                                    patch_size=8, augment=True)
         self.targets = TextModality(vocab="char", alphabet="0123456789")
 
     def digits(self, split: str) -> tuple[np.ndarray, np.ndarray]:

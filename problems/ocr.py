@@ -61,11 +61,12 @@ class OcrRenderedText(Problem):
     metrics = ("cer", "exact_match")
 
     def __init__(self, *, max_chars: int = 16, height: int = 32, train_size: int = 50_000,
-                 eval_size: int = 500, seed: int = 1):
+                 eval_size: int = 500, seed: int = 1, ctc_weight: float = 0.5):
         self.max_chars, self.height, self.seed = max_chars, height, seed
+        self.ctc_weight = ctc_weight  # the text reads left to right: see Problem.ctc_weight
         self.sizes = {"train": train_size, "validation": eval_size, "test": eval_size}
         self.inputs = ImageModality(height=height, max_width=16 * height, channels=1,
-                                    patch_size=4, augment=True)
+                                    patch_size=8, augment=True)
         self.targets = TextModality(vocab="char", alphabet=ALPHABET)
 
     def generate_samples(self, split: str) -> Iterator[dict]:

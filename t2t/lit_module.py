@@ -81,16 +81,31 @@ class T2TLitModule(L.LightningModule):
 
     # -- training ------------------------------------------------------------------------------
 
-    def loss(self, batch: dict[str, Any], label_smoothing: float) -> tuple[torch.Tensor, int]:
-        logits = self.model(batch["problem"], batch["inputs"], batch["inputs_pad"],
-                            batch["targets"])  # (B, T+1, V)
+    def loss(self, batch: dict[str, Any], label_smoothing: float, ctc_weight: float = 0.0
+             ) -> tuple[torch.Tensor, int]:
+        """Cross-entropy of the decoder's predictions, mixed with `ctc_weight` of a CTC loss
+        on the encoder's positions when given: for problems whose targets read in the
+        order of the inputs (OCR, speech), CTC teaches the encoder where each symbol is,
+        which the attention decoder otherwise needs many more steps to discover
+        (hybrid CTC/attention, Kim, Hori and Watanabe 2017)."""
+        problem = batch["problem"]
+        memory, memory_pad = self.model.encode(problem, batch["inputs"], batch["inputs_pad"])
+        logits = self.model.teacher_forced(problem, memory, memory_pad,
+                                           batch["targets"])  # (B, T+1, V)
         labels = add_eos(batch["targets"])  # (B, T+1)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
                                ignore_index=PAD, label_smoothing=label_smoothing)
+        if ctc_weight:
+            log_probs = self.model.encoder_logits(problem, memory).float().log_softmax(-1)
+            ctc = F.ctc_loss(log_probs.transpose(0, 1), batch["targets"],
+                             (~memory_pad).sum(dim=1), (batch["targets"] != PAD).sum(dim=1),
+                             blank=PAD, zero_infinity=True)  # inputs too short to align: 0
+            loss = (1.0 - ctc_weight) * loss + ctc_weight * ctc
         return loss, int((labels != PAD).sum())
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss, tokens = self.loss(batch, self.label_smoothing)
+        ctc_weight = self.problems[batch["problem"]].ctc_weight
+        loss, tokens = self.loss(batch, self.label_smoothing, ctc_weight)
         # weight 0: a filler batch that only keeps DDP ranks in step (see t2t.datamodule).
         loss = loss * batch["weight"]
         if self.record_samples and batch["weight"]:

@@ -399,11 +399,22 @@ class T2TModel(nn.Module):
                 ) -> Tensor:
         """Teacher forcing: logits (B, T+1, V); position t predicts target t (T: EOS)."""
         memory, memory_pad = self.encode(problem, inputs, inputs_pad)
+        return self.teacher_forced(problem, memory, memory_pad, targets)
+
+    def teacher_forced(self, problem: int, memory: Tensor, memory_pad: Tensor,
+                       targets: Tensor) -> Tensor:
+        """Decoder logits (B, T+1, V) over an encoded batch (see `forward`)."""
         target_key = self.keys[problem][1]
         y, _ = self.bottoms[target_key](targets)  # (B, T, C)
         problems = torch.full((y.shape[0],), problem, dtype=torch.long, device=y.device)
         hidden = self.body.decode(y, memory, memory_pad, problems)  # (B, T+1, C)
         return self.tops[target_key](hidden)  # (B, T+1, V)
+
+    def encoder_logits(self, problem: int, memory: Tensor) -> Tensor:
+        """Target-vocabulary logits (B, S+1, V) at every encoder position, through the same
+        top as the decoder: the CTC auxiliary loss reads them, with PAD (id 0, whose tied
+        logit stays 0) as the CTC blank. No extra parameters."""
+        return self.tops[self.keys[problem][1]](memory)
 
     def decoder(self, problem: int) -> IncrementalModel:
         return IncrementalModel(self, problem)

@@ -24,8 +24,9 @@ class Problem:
       - options as keyword-only `__init__` arguments with types and defaults
       - `generate_samples(split)`, yielding `{"inputs": raw, "targets": raw}`; it must be
         deterministic for a given split and options (datagen resumes by replaying it)
-    Optional: `download(raw_dir)`, `verify(inputs, prediction)` and, for design-style
-    problems decoded by search, `decoding_constraint`, `refine` and `format_prediction`.
+    Optional: `download(raw_dir)`, `verify(inputs, prediction)`, `ctc_weight` and, for
+    design-style problems decoded by search, `decoding_constraint`, `refine` and
+    `format_prediction`.
     The first line of the class docstring is the description `t2t-problems` shows.
     """
 
@@ -34,6 +35,11 @@ class Problem:
     targets: Modality
     splits: ClassVar[tuple[str, ...]] = ("train", "validation", "test")
     metrics: ClassVar[tuple[str, ...]] = ()
+    # Share of a CTC loss on the encoder in training (see T2TLitModule.loss): for problems
+    # whose targets follow the order of the inputs; such problems take it as an option.
+    ctc_weight: float = 0.0
+    # Options that change training only, not the shards (left out of the data fingerprint).
+    training_options: ClassVar[tuple[str, ...]] = ("ctc_weight",)
 
     def __new__(cls, *args: Any, **options: Any) -> Problem:
         # Done here rather than in __init__ so that subclasses need not call super().__init__.
