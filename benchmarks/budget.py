@@ -41,14 +41,20 @@ def train_and_evaluate(problem: list[str], train: list[str], *, minutes: float, 
     run([script("t2t-train"), *common, *train, f"trainer.max_time={hms(minutes)}",
          "trainer.enable_progress_bar=false", f"run_dir={run_dir}"])
     train_minutes = (time.perf_counter() - start) / 60
-    checkpoint = Path(run_dir) / "checkpoints" / "last.ckpt"
-    output = run([script("t2t-eval"), *common, f"ckpt={checkpoint}", f"split={split}",
-                  f"decode.beam_size={beam_size}"])
-    scores = {name: float(value) for name, value in
-              re.findall(r"│ (\w+)\s+│\s+([\d.]+)", output)}
+    scores = evaluate(problem, Path(run_dir) / "checkpoints" / "last.ckpt", data_dir=data_dir,
+                      beam_size=beam_size, split=split)
     logs = sorted(Path(run_dir, "csv").glob("version_*/metrics.csv"))[-1]
     rows = list(csv.DictReader(open(logs)))
     speeds = [float(r["train/tokens_per_s"]) for r in rows if r.get("train/tokens_per_s")]
     return {**scores, "train_minutes": train_minutes,
             "steps": max(int(r["step"]) for r in rows) + 1,
             "target_tokens_per_s": sum(speeds) / max(1, len(speeds))}
+
+
+def evaluate(problem: list[str], checkpoint: Path, *, data_dir: str, beam_size: int,
+             split: str = "test") -> dict[str, float]:
+    """`t2t-eval` of one problem (a mixture's member too) -> {metric: value}."""
+    output = run([script("t2t-eval"), *problem, f"data_dir={data_dir}", f"ckpt={checkpoint}",
+                  f"split={split}", f"decode.beam_size={beam_size}"])
+    return {name: float(value) for name, value in
+            re.findall(r"│ (\w+)\s+│\s+([\d.]+)", output)}
