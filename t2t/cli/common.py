@@ -212,9 +212,9 @@ def check_overrides(command: str, config_name: str, argv: list[str]) -> None:
                 continue
             if key in groups:
                 choice = override.split("=", 1)[1]
-                if key == "problem" and choice not in problems and choice != MIXTURE:
-                    problems.get(choice)  # raises with close matches
                 options = loader.get_group_options(key)
+                if key == "problem" and choice not in options:
+                    problems.get(choice)  # raises with close matches among the problems
                 if choice not in options:
                     raise unknown_name(f"{key}", choice, options, f"choices: {', '.join(options)}")
                 group_overrides.append(override)
