@@ -167,7 +167,6 @@ class ImagePatches(nn.Module):
 
     def __init__(self, channels: int, patch_size: int, d_model: int, rows: int, columns: int):
         super().__init__()
-        self.patch_size = patch_size
         self.project = nn.Conv2d(channels, d_model, kernel_size=patch_size, stride=patch_size)
         self.norm = nn.LayerNorm(d_model)
         self.row = nn.Parameter(torch.randn(rows, d_model) * 0.02)
