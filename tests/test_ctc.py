@@ -27,7 +27,7 @@ def _module(problem):
 
 def test_ctc_loss_of_a_padded_batch_is_the_mean_of_each_sample_alone():
     problem = OcrRenderedText(train_size=3, eval_size=3)
-    samples = [s for s in problem.generate_samples("train")]
+    samples = list(problem.generate_samples("train"))
     widths = [problem.inputs.load(problem.inputs.encode(s["inputs"])).shape[2] for s in samples]
     assert len(set(widths)) > 1, "the samples must differ in width for padding to matter"
     module = _module(problem)

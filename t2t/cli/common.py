@@ -213,9 +213,9 @@ def check_overrides(command: str, config_name: str, argv: list[str]) -> None:
             if key in groups:
                 choice = override.split("=", 1)[1]
                 options = loader.get_group_options(key)
-                if key == "problem" and choice not in options:
-                    problems.get(choice)  # raises with close matches among the problems
                 if choice not in options:
+                    if key == "problem":
+                        problems.get(choice)  # raises with close matches among the problems
                     raise unknown_name(f"{key}", choice, options, f"choices: {', '.join(options)}")
                 group_overrides.append(override)
             else:
