@@ -3,8 +3,9 @@
 Stored in shards as PNG (lossless) or JPEG bytes, as given; decoded in data-loader workers
 with torchvision.io and scaled to `height` pixels keeping the aspect ratio (narrower than
 `max_width`, else scaled to fit it and padded below). A batch pads widths to its widest image;
-the bottom cuts `patch_size` squares, embeds them with one strided convolution, adds learned
-row and column embeddings (2-D position) and masks the patches that are only padding.
+the bottom cuts `patch_size` patches (squares, or (height, width) rectangles: full-height
+strips suit a line of text), embeds them with one strided convolution, adds learned row and
+column embeddings (2-D position) and masks the patches that are only padding.
 Patches are ordered column by column, so the sequence reads left to right like text.
 Grayscale (channels=1) and RGB (channels=3) both work; images are converted on load.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,19 +76,24 @@ class ImageModality(Modality):
     length_limited = False  # scaled to height x max_width on load
 
     def __init__(self, height: int = 32, max_width: int = 256, channels: int = 1,
-                 patch_size: int = 4, augment: bool = False):
+                 patch_size: int | Sequence[int] = 4, augment: bool = False):
         if channels not in (1, 3):
             raise UserError(f"ImageModality channels must be 1 (grayscale) or 3 (RGB), "
                             f"got {channels}")
-        if height % patch_size or max_width % patch_size:
+        # A square side, or (height, width): tall strips suit a line of text (see ocr.py).
+        patch_height, patch_width = ((patch_size, patch_size) if isinstance(patch_size, int)
+                                     else tuple(patch_size))
+        if height % patch_height or max_width % patch_width:
             raise UserError(f"ImageModality: height {height} and max_width {max_width} must "
-                            f"be multiples of patch_size {patch_size}")
+                            f"be multiples of the patch height {patch_height} and width "
+                            f"{patch_width}")
         self.height, self.max_width, self.channels = height, max_width, channels
-        self.patch_size, self.augment = patch_size, augment
+        self.patch_height, self.patch_width, self.augment = patch_height, patch_width, augment
 
     @property
     def key(self) -> str:
-        return f"image:{self.channels}x{self.height}x{self.max_width}:p{self.patch_size}"
+        return (f"image:{self.channels}x{self.height}x{self.max_width}:"
+                f"p{self.patch_height}x{self.patch_width}")
 
     def describe(self) -> str:
         return f"image({'gray' if self.channels == 1 else 'rgb'} {self.height}px)"
@@ -132,29 +139,29 @@ class ImageModality(Modality):
 
         width, height = Image.open(io.BytesIO(data)).size  # reads the header only
         scaled_width, _ = self._scaled_size(width, height)
-        return (self.height // self.patch_size) * math.ceil(scaled_width / self.patch_size)
+        return (self.height // self.patch_height) * math.ceil(scaled_width / self.patch_width)
 
     def collate(self, values: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C, height, W) uint8 padded on the right to whole patches, and the (B, T)
         patch padding mask (True = padding). Patches are ordered column by column (top to
         bottom within a column), so the sequence reads left to right like the text in the
         image, and an image's padding is the end of its sequence."""
-        p = self.patch_size
-        columns = [math.ceil(v.shape[2] / p) for v in values]
-        width = max(columns) * p
+        columns = [math.ceil(v.shape[2] / self.patch_width) for v in values]
+        width = max(columns) * self.patch_width
         batch = torch.zeros(len(values), self.channels, self.height, width, dtype=torch.uint8)
         for i, image in enumerate(values):
             batch[i, :, :, : image.shape[2]] = image
         column_is_pad = torch.arange(max(columns))[None, :] >= torch.tensor(columns)[:, None]
-        mask = column_is_pad[:, :, None].expand(-1, -1, self.height // p).flatten(1)
+        rows = self.height // self.patch_height
+        mask = column_is_pad[:, :, None].expand(-1, -1, rows).flatten(1)
         return batch, mask
 
     # -- model side ------------------------------------------------------------------------
 
     def bottom(self, d_model: int) -> nn.Module:
-        return ImagePatches(self.channels, self.patch_size, d_model,
-                            rows=self.height // self.patch_size,
-                            columns=self.max_width // self.patch_size)
+        patch = (self.patch_height, self.patch_width)
+        return ImagePatches(self.channels, patch, d_model, rows=self.height // patch[0],
+                            columns=self.max_width // patch[1])
 
 
 class ImagePatches(nn.Module):
@@ -165,7 +172,8 @@ class ImagePatches(nn.Module):
     signal, and the model learned to ignore the image: on 64 single MNIST digits it never
     got below the prior's loss, where with the norm it memorised them in 60 steps."""
 
-    def __init__(self, channels: int, patch_size: int, d_model: int, rows: int, columns: int):
+    def __init__(self, channels: int, patch_size: tuple[int, int], d_model: int, rows: int,
+                 columns: int):
         super().__init__()
         self.project = nn.Conv2d(channels, d_model, kernel_size=patch_size, stride=patch_size)
         self.norm = nn.LayerNorm(d_model)

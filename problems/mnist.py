@@ -77,8 +77,11 @@ class MnistDigitStrings(Problem):
         self.ctc_weight = ctc_weight  # digits read left to right: see Problem.ctc_weight
         self.sizes = {"train": train_size, "validation": eval_size, "test": eval_size}
         width = -(-36 * max_digits // 8) * 8  # room for max_digits, in whole 8-pixel patches
+        # Full-height strips 8 pixels wide: ~3.5 per digit, a 27-token sequence for 6 digits.
+        # On CPU they trained 3x faster per step than 8x8 squares (4 rows x 27 columns) and
+        # reached 78% exact match on validation in 5 minutes, where squares were at 2%.
         self.inputs = ImageModality(height=32, max_width=width, channels=1,
-                                    patch_size=8, augment=True)
+                                    patch_size=(32, 8), augment=True)
         self.targets = TextModality(vocab="char", alphabet="0123456789")
 
     def digits(self, split: str) -> tuple[np.ndarray, np.ndarray]:
