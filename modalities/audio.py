@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,11 @@ class AudioModality(Modality):
     window_ms/hop_ms: STFT window and hop; num_mels: mel bins; conv_channels: width of the
     two subsampling convolutions; freq_masks x freq_mask_width (mel bins) and time_masks x
     time_mask_width (frames): SpecAugment in training when spec_augment is True.
+    speed_perturb: factors (e.g. [0.9, 1.0, 1.1]) one of which, drawn per training
+    utterance, changes its speed and pitch together (Ko et al. 2015): new voices from few
+    speakers. A factor's rate (sample_rate x factor) should share a large divisor with
+    sample_rate, or resampling gets slow. Batches are planned on the stored lengths, so a
+    slowed utterance can make a batch up to 1/min(factors) times its max_tokens.
     """
 
     kind = "audio"
@@ -98,7 +104,11 @@ class AudioModality(Modality):
     def __init__(self, sample_rate: int = 16000, num_mels: int = 80, window_ms: float = 25.0,
                  hop_ms: float = 10.0, conv_channels: int = 32, spec_augment: bool = True,
                  freq_masks: int = 2, freq_mask_width: int = 15, time_masks: int = 2,
-                 time_mask_width: int = 10):
+                 time_mask_width: int = 10, speed_perturb: Sequence[float] = ()):
+        if any(not 0.5 <= factor <= 2.0 for factor in speed_perturb):
+            raise UserError(f"AudioModality speed_perturb factors must be between 0.5 and 2, "
+                            f"got {list(speed_perturb)}")
+        self.speed_perturb = [float(factor) for factor in speed_perturb]
         self.sample_rate, self.num_mels, self.conv_channels = sample_rate, num_mels, conv_channels
         self.window = round(sample_rate * window_ms / 1000)  # samples
         self.hop = round(sample_rate * hop_ms / 1000)
@@ -133,10 +143,14 @@ class AudioModality(Modality):
         return out.getvalue()
 
     def load(self, data: bytes, augment: bool = False) -> torch.Tensor:
-        """(N,) float32 waveform at sample_rate (augmentation happens on the device)."""
+        """(N,) float32 waveform at sample_rate; in training, at a random speed from
+        speed_perturb (SpecAugment happens on the device)."""
         import soundfile
 
         waveform, rate = soundfile.read(io.BytesIO(data), dtype="float32")
+        if augment and self.speed_perturb:
+            factor = self.speed_perturb[int(torch.randint(len(self.speed_perturb), ()))]
+            rate = round(rate * factor)  # played faster (factor > 1) or slower: N / factor
         return torch.from_numpy(resample(waveform, rate, self.sample_rate))
 
     def length(self, data: bytes) -> int:

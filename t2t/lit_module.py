@@ -11,8 +11,10 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 
 from t2t import decoding
+from t2t.errors import UserError
 from t2t.inference import decode_ids
 from t2t.metrics import get_metric
 from t2t.modality import Modality
@@ -64,8 +66,13 @@ class T2TLitModule(L.LightningModule):
         beam_size: int = 1,
         max_decode_length: int = 256,
         checkpoint_info: dict[str, Any] | None = None,
+        on_nonfinite_loss: str = "error",
     ):
         super().__init__()
+        if on_nonfinite_loss not in ("error", "skip"):
+            raise UserError(f"on_nonfinite_loss={on_nonfinite_loss!r}: use error or skip")
+        self.on_nonfinite_loss = on_nonfinite_loss
+        self.skipped_batches = 0
         self.model, self.problems = model, problems
         self.optim = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
         self.schedule = dict(warmup_steps=warmup_steps, schedule=schedule, max_steps=max_steps)
@@ -103,9 +110,11 @@ class T2TLitModule(L.LightningModule):
             loss = (1.0 - ctc_weight) * loss + ctc_weight * ctc
         return loss, int((labels != PAD).sum())
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         ctc_weight = self.problems[batch["problem"]].ctc_weight
         loss, tokens = self.loss(batch, self.label_smoothing, ctc_weight)
+        if not torch.isfinite(loss):
+            return self._nonfinite(loss, batch)
         # weight 0: a filler batch that only keeps DDP ranks in step (see t2t.datamodule).
         loss = loss * batch["weight"]
         if self.record_samples and batch["weight"]:
@@ -119,6 +128,28 @@ class T2TLitModule(L.LightningModule):
                        "train/lr": self.optimizers().param_groups[0]["lr"]},
                       prog_bar=True, batch_size=len(batch["targets"]))
         return loss
+
+    def _nonfinite(self, loss: torch.Tensor, batch: dict[str, Any]) -> None:
+        """A NaN/inf loss must never train the weights: stop naming the batch, or (asked to)
+        skip it. Returning None makes Lightning skip backward and the update."""
+        keys = batch["keys"]
+        where = (f"at step {self.global_step}, problem {self.problems[batch['problem']].name}, "
+                 f"batch of {len(keys)} samples: {' '.join(keys[:5])}"
+                 f"{' ...' if len(keys) > 5 else ''}")
+        if self.on_nonfinite_loss == "error":
+            raise UserError(f"non-finite training loss ({float(loss)}) {where}; lower optim.lr, "
+                            f"check those samples, or pass on_nonfinite_loss=skip")
+        self.skipped_batches += 1
+        rank_zero_warn(f"skipped a batch with a non-finite loss ({float(loss)}) {where} "
+                       f"({self.skipped_batches} so far)")
+        return None
+
+    def on_fit_start(self) -> None:
+        if self.on_nonfinite_loss == "skip" and self.trainer.world_size > 1:
+            # A rank that skips its backward leaves the others waiting in the gradient
+            # all-reduce: a hang, not a skip.
+            raise UserError("on_nonfinite_loss=skip works in single-process runs only; use "
+                            "on_nonfinite_loss=error with several devices")
 
     def _record(self, batch: dict[str, Any]) -> None:
         """Append `epoch step problem keys...` to <dir>/rank<R>.tsv: which samples each rank

@@ -85,6 +85,26 @@ def test_load_gives_the_waveform_and_length_counts_the_bottoms_frames():
         assert int((~pad).sum()) == modality.length(encoded), seconds
 
 
+def test_speed_perturbation_only_in_training_changes_duration_by_a_listed_factor():
+    modality = AudioModality(sample_rate=8000, num_mels=40, speed_perturb=[0.9, 1.1])
+    encoded = modality.encode((tone(1.0, 8000, pitch=500), 8000))
+    assert all(len(modality.load(encoded)) == 8000 for _ in range(5))  # evaluation: as stored
+    torch.manual_seed(0)
+    lengths = {len(modality.load(encoded, augment=True)) for _ in range(20)}
+    assert lengths == {round(8000 / 0.9), round(8000 / 1.1)}
+    slow = modality.load(encoded, augment=True)
+    while len(slow) < 8000:
+        slow = modality.load(encoded, augment=True)
+    spectrum = np.abs(np.fft.rfft(slow.numpy()))  # slower is lower: 500 Hz -> 450 Hz
+    assert abs(np.argmax(spectrum) * 8000 / len(slow) - 450) < 5
+    assert len(AudioModality(sample_rate=8000).load(encoded, augment=True)) == 8000  # none
+
+
+def test_speed_perturbation_factors_are_checked():
+    with pytest.raises(UserError, match="speed_perturb"):
+        AudioModality(speed_perturb=[0.9, 3.0])
+
+
 # -- AudioModality: the bottom --------------------------------------------------------------------
 
 

@@ -92,6 +92,34 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path):
     assert adam_steps == {60.0}  # Adam's moments were restored, not restarted at the kill
 
 
+@pytest.mark.timeout(300)
+def test_non_finite_loss_stops_training_naming_step_problem_and_batch(tmp_path):
+    # A learning rate of 1e30 blows the weights up after one update: the loss turns inf/NaN.
+    result = run_command("t2t-train", *FAST, "optim.lr=1e30", "optim.warmup_steps=0",
+                         f"data_dir={tmp_path / 'data'}", f"run_dir={tmp_path / 'run'}",
+                         cwd=tmp_path, timeout=280)
+    assert result.returncode == 1
+    error = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error) == 1, result.stderr[-3000:]
+    assert "non-finite training loss" in error[0]
+    assert "problem algorithmic_reverse, batch of" in error[0] and "on_nonfinite_loss=skip" \
+        in error[0]
+    step = int(error[0].split("at step ")[1].split(",")[0])
+    assert 1 <= step < 30
+
+
+@pytest.mark.timeout(300)
+def test_non_finite_loss_batches_are_skipped_and_counted_when_asked(tmp_path):
+    result = run_command("t2t-train", *FAST, "optim.lr=1e30", "optim.warmup_steps=0",
+                         "on_nonfinite_loss=skip", "trainer.max_steps=8",
+                         "trainer.val_check_interval=8", f"data_dir={tmp_path / 'data'}",
+                         f"run_dir={tmp_path / 'run'}", cwd=tmp_path, timeout=280)
+    assert result.returncode == 0, result.stderr[-3000:]
+    skipped = int(result.stdout.split("skipped ")[1].split(" batches")[0])
+    assert 1 <= skipped <= 7  # every batch after the first update
+    assert "skipped a batch with a non-finite loss" in result.stderr
+
+
 @pytest.mark.timeout(600)
 def test_ddp_two_cpu_processes_see_every_sample_once_per_epoch(tmp_path):
     result = run_command(

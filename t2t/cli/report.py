@@ -30,6 +30,9 @@ def print_report(module: Any, trainer: Any, examples: int = 3) -> None:
         for name, value in module.latest_metrics.get(problem.name, {}).items():
             table.add_row(problem.name, name, f"{value:.4f}")
     out.print(table)
+    if module.skipped_batches:
+        out.print(f"skipped {module.skipped_batches} batches with a non-finite loss "
+                  f"(on_nonfinite_loss=skip)")
     for problem in module.problems:
         decoded = module.examples.get(problem.name, [])
         if not decoded or examples < 1:
