@@ -92,6 +92,63 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path):
     assert adam_steps == {60.0}  # Adam's moments were restored, not restarted at the kill
 
 
+@pytest.mark.timeout(600)
+def test_sigterm_saves_the_step_reached_and_the_rerun_continues_there(tmp_path):
+    command = [str(Path(sys.executable).parent / "t2t-train"), *FAST,
+               "problem.train_size=20000", "data.max_tokens=512", "trainer.max_steps=60",
+               "trainer.val_check_interval=1000", "checkpoint_every=1000",
+               f"data_dir={tmp_path / 'data'}", f"run_dir={tmp_path / 'run'}",
+               f"record_samples={tmp_path / 'seen'}"]
+    log = tmp_path / "seen" / "rank0.tsv"
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (log.is_file() and len(log.read_text().splitlines()) >= 15):
+        assert process.poll() is None and time.monotonic() < deadline, "training did not start"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)  # as a cluster pre-empting the job
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1  # not 0: the job did not finish
+    assert "stopped by SIGTERM after step" in stderr and "run the same command again" in stderr
+    trained = records(tmp_path / "seen")[0]
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    # Saved at the step reached, not at the last periodic checkpoint (there was none).
+    assert saved["global_step"] == len(trained) == trained[-1][1] + 1
+
+    log.unlink()
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = records(tmp_path / "seen")[0]
+    assert after[0][1] == len(trained) and after[-1][1] == 59
+    seen = {key for _, _, keys in trained for key in keys}
+    assert seen.isdisjoint(key for _, _, keys in after for key in keys)
+
+
+@pytest.mark.timeout(300)
+def test_unreadable_last_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    common = [*FAST, "trainer.val_check_interval=1000", "checkpoint_every=10",
+              f"data_dir={tmp_path / 'data'}", f"run_dir={tmp_path / 'run'}"]
+    first = run_command("t2t-train", *common, "trainer.max_steps=20", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    folder = tmp_path / "run" / "checkpoints"
+    last = folder / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a copy cut short
+    (previous,) = [p for p in folder.glob("*.ckpt") if p != last]
+
+    second = run_command("t2t-train", *common, "trainer.max_steps=30", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"cannot read checkpoint {last}" in second.stdout
+    assert f"resuming from {previous}" in second.stdout
+    assert torch.load(last, weights_only=False)["global_step"] == 30
+    assert not list(folder.glob(".*partial"))  # written under a temporary name, then renamed
+
+    for path in folder.glob("*.ckpt"):
+        path.write_bytes(b"not a checkpoint")
+    third = run_command("t2t-train", *common, "trainer.max_steps=40", cwd=tmp_path)
+    assert third.returncode == 1
+    assert f"no readable checkpoint in {folder}" in third.stderr
+
+
 @pytest.mark.timeout(300)
 def test_non_finite_loss_stops_training_naming_step_problem_and_batch(tmp_path):
     # A learning rate of 1e30 blows the weights up after one update: the loss turns inf/NaN.

@@ -44,7 +44,9 @@ def train(config: Any) -> None:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    from t2t.checkpoints import AtomicCheckpointIO, CheckpointOnSigterm, resumable_checkpoint
     from t2t.cli.report import print_report
     from t2t.datamodule import T2TDataModule
     from t2t.lit_module import T2TLitModule
@@ -68,15 +70,22 @@ def train(config: Any) -> None:
     run_dir = Path(config.run_dir)
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True,
                                   every_n_train_steps=config.checkpoint_every)
-    trainer = hydra.utils.instantiate(
-        config.trainer, default_root_dir=str(run_dir), callbacks=[checkpoints],
-        logger=[TensorBoardLogger(run_dir, name="tb"), CSVLogger(run_dir, name="csv")])
     last = run_dir / "checkpoints" / "last.ckpt"
-    if trainer.is_global_zero:
-        print(f"t2t-train: {', '.join(p.name for p in problems)}, "
-              f"{model.body.num_parameters():,} body parameters, "
-              f"run_dir {run_dir}" + (f", resuming from {last}" if last.is_file() else ""))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
+    on_sigterm = CheckpointOnSigterm(last)
+    trainer = hydra.utils.instantiate(
+        config.trainer, default_root_dir=str(run_dir), callbacks=[checkpoints, on_sigterm],
+        plugins=[AtomicCheckpointIO()],
+        logger=[TensorBoardLogger(run_dir, name="tb"), CSVLogger(run_dir, name="csv")])
+    say = print if trainer.is_global_zero else (lambda message: None)
+    resume = resumable_checkpoint(run_dir / "checkpoints", warn=say)
+    say(f"t2t-train: {', '.join(p.name for p in problems)}, "
+        f"{model.body.num_parameters():,} body parameters, "
+        f"run_dir {run_dir}" + (f", resuming from {resume}" if resume else ""))
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+    except SIGTERMException:  # a SystemExit whose status would be 0, as if training finished
+        raise UserError(f"stopped by SIGTERM after step {on_sigterm.saved_step}, saved to "
+                        f"{last}; run the same command again to resume") from None
     if trainer.interrupted:
         raise UserError(f"training interrupted; run the same command again to resume from "
                         f"{last}")

@@ -1,0 +1,62 @@
+"""Checkpoints that survive pre-emption: written atomically, saved on SIGTERM, and on resume
+an unreadable last.ckpt falls back to the newest readable one."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from t2t.errors import UserError
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint under a temporary name, then renames it into place: a process
+    killed mid-write leaves the previous checkpoint whole, never a truncated one."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
+                        storage_options: Any = None) -> None:
+        path = Path(path)
+        partial = path.with_name(f".{path.name}.partial")
+        super().save_checkpoint(checkpoint, partial, storage_options)
+        os.replace(partial, path)
+
+
+class CheckpointOnSigterm(Callback):
+    """A cluster pre-empts a job with SIGTERM; Lightning stops at the end of the current
+    step (on every rank) and calls this: save `path` there, so the rerun loses no step."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.saved_step: int | None = None
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):
+            trainer.save_checkpoint(self.path)
+            self.saved_step = trainer.global_step
+
+
+def resumable_checkpoint(directory: Path, warn: Callable[[str], Any] = print) -> Path | None:
+    """last.ckpt, or the newest other checkpoint when last.ckpt cannot be read (a disk that
+    filled up, a copy cut short); None when there is none (a fresh run)."""
+    found = sorted(directory.glob("*.ckpt"), key=lambda p: (p.name != "last.ckpt",
+                                                            -p.stat().st_mtime))
+    problems = []
+    for path in found:
+        try:
+            torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        except Exception as error:  # truncated or not a checkpoint: try the next one
+            problems.append(f"{path} ({str(error).splitlines()[0]})")
+            warn(f"t2t-train: cannot read checkpoint {problems[-1]}; trying an older one")
+            continue
+        return path
+    if found:
+        raise UserError(f"no readable checkpoint in {directory}: {'; '.join(problems)}; "
+                        f"remove them to start afresh, or pass another run_dir")
+    return None
