@@ -42,21 +42,44 @@ class CheckpointOnSigterm(Callback):
             self.saved_step = trainer.global_step
 
 
-def resumable_checkpoint(directory: Path, warn: Callable[[str], Any] = print) -> Path | None:
+def resumable_checkpoint(directory: Path, expected: dict[str, Any],
+                         warn: Callable[[str], Any] = print) -> Path | None:
     """last.ckpt, or the newest other checkpoint when last.ckpt cannot be read (a disk that
-    filled up, a copy cut short); None when there is none (a fresh run)."""
+    filled up, a copy cut short); None when there is none (a fresh run). `expected` is this
+    run's checkpoint info: a checkpoint of other problems or another model is an error."""
     found = sorted(directory.glob("*.ckpt"), key=lambda p: (p.name != "last.ckpt",
                                                             -p.stat().st_mtime))
     problems = []
     for path in found:
         try:
-            torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
         except Exception as error:  # truncated or not a checkpoint: try the next one
             problems.append(f"{path} ({str(error).splitlines()[0]})")
             warn(f"t2t-train: cannot read checkpoint {problems[-1]}; trying an older one")
             continue
+        _check_same_run(path, checkpoint.get("t2t") or {}, expected)
         return path
     if found:
         raise UserError(f"no readable checkpoint in {directory}: {'; '.join(problems)}; "
                         f"remove them to start afresh, or pass another run_dir")
     return None
+
+
+# What a resumed run may not change (dropout, say, it may).
+ARCHITECTURE = ("d_model", "num_heads", "num_encoder_layers", "num_decoder_layers", "d_ff",
+                "max_positions", "activation")
+
+
+def _check_same_run(path: Path, saved: dict[str, Any], expected: dict[str, Any]) -> None:
+    """Resuming another problem's or another model's checkpoint would fail deep inside
+    load_state_dict (or, worse, half work): say what differs instead."""
+    names = [spec["name"] for spec in saved.get("problems", [])]
+    wanted = [spec["name"] for spec in expected["problems"]]
+    if names != wanted:
+        raise UserError(f"{path} was trained on {', '.join(names) or 'unknown problems'}, not "
+                        f"{', '.join(wanted)}; pass another run_dir for this run")
+    differ = [f"{key} {saved['model'].get(key)} vs {expected['model'][key]}"
+              for key in ARCHITECTURE if saved["model"].get(key) != expected["model"][key]]
+    if differ:
+        raise UserError(f"{path} holds another model ({'; '.join(differ)} now); resume with "
+                        f"the same model settings, or pass another run_dir")

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +19,8 @@ from problems.algorithmic import AlgorithmicReverse
 from t2t import Problem, data
 from t2t.errors import UserError
 from t2t.files import sha256_file
+
+from .conftest import run_command
 
 SMALL = dict(train_size=1000, eval_size=50, max_length=12)
 SETTINGS = dict(samples_per_shard=300, chunk_size=128, progress=False)
@@ -97,6 +105,52 @@ def test_interrupted_run_resumes_without_redoing_finished_chunks(tmp_path, monke
     data.generate(AlgorithmicReverse(**SMALL), tmp_path / "resumed", **SETTINGS)
     assert calls[0] == 4 * 128  # the first four chunks were not encoded again
     assert shard_hashes(problem_dir) == clean
+
+
+KILLED = ["problem=algorithmic_reverse", "problem.train_size=40000", "problem.eval_size=2000",
+          "datagen.samples_per_shard=5000", "datagen.chunk_size=2000", "datagen.workers=2",
+          "datagen.progress=false"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[dict[str, str], float]:
+    """The shard hashes of a run left alone, and how long it took."""
+    data_dir = tmp_path_factory.mktemp("uninterrupted")
+    start = time.monotonic()
+    result = run_command("t2t-datagen", *KILLED, f"data_dir={data_dir}", cwd=data_dir)
+    assert result.returncode == 0, result.stderr
+    return shard_hashes(data_dir / "algorithmic_reverse"), time.monotonic() - start
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_datagen_killed_at_random_points_resumes_to_the_same_shards(tmp_path, seed,
+                                                                   uninterrupted):
+    clean, seconds = uninterrupted
+    rng = random.Random(seed)
+    command = [str(Path(sys.executable).parent / "t2t-datagen"), *KILLED,
+               f"data_dir={tmp_path}"]
+    kills = 0
+    for _ in range(3):
+        # Its own process group, so the kill takes the encoding workers too, as a cluster's
+        # pre-emption (or the OOM killer of a job) would.
+        process = subprocess.Popen(command, cwd=tmp_path, start_new_session=True,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            process.wait(timeout=rng.uniform(0.1, 0.8) * seconds)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            kills += 1
+    assert kills >= 1  # the first run, at least, cannot have finished
+    result = run_command("t2t-datagen", *KILLED, f"data_dir={tmp_path}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    problem_dir = tmp_path / "algorithmic_reverse"
+    assert shard_hashes(problem_dir) == clean
+    assert not list(problem_dir.glob("*.tmp")) and not (problem_dir / ".work").exists()
+    meta = json.loads((problem_dir / "meta.json").read_text())
+    assert {s["file"]: s["sha256"] for split in meta["splits"].values()
+            for s in split["shards"]} == clean
 
 
 class Uneven(Problem):

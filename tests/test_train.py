@@ -125,7 +125,7 @@ def test_sigterm_saves_the_step_reached_and_the_rerun_continues_there(tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_unreadable_last_checkpoint_falls_back_to_the_previous_one(tmp_path):
+def test_unreadable_last_checkpoint_falls_back_and_a_foreign_one_is_refused(tmp_path):
     common = [*FAST, "trainer.val_check_interval=1000", "checkpoint_every=10",
               f"data_dir={tmp_path / 'data'}", f"run_dir={tmp_path / 'run'}"]
     first = run_command("t2t-train", *common, "trainer.max_steps=20", cwd=tmp_path)
@@ -142,11 +142,39 @@ def test_unreadable_last_checkpoint_falls_back_to_the_previous_one(tmp_path):
     assert torch.load(last, weights_only=False)["global_step"] == 30
     assert not list(folder.glob(".*partial"))  # written under a temporary name, then renamed
 
+    other_model = run_command("t2t-train", *common, "trainer.max_steps=40", "model.d_model=32",
+                              cwd=tmp_path)
+    assert other_model.returncode == 1
+    assert f"{last} holds another model (d_model 64 vs 32 now)" in other_model.stderr
+    sort = [arg.replace("=algorithmic_reverse", "=algorithmic_sort") for arg in common]
+    other_problem = run_command("t2t-train", *sort, "trainer.max_steps=40", cwd=tmp_path)
+    assert other_problem.returncode == 1
+    assert "was trained on algorithmic_reverse, not algorithmic_sort" in other_problem.stderr
+
     for path in folder.glob("*.ckpt"):
         path.write_bytes(b"not a checkpoint")
     third = run_command("t2t-train", *common, "trainer.max_steps=40", cwd=tmp_path)
     assert third.returncode == 1
     assert f"no readable checkpoint in {folder}" in third.stderr
+
+
+def test_decode_with_a_missing_or_foreign_checkpoint_is_one_clear_error(tmp_path):
+    missing = run_command("t2t-decode", "problem=algorithmic_reverse",
+                          f"ckpt={tmp_path / 'nope.ckpt'}", "input=123", cwd=tmp_path)
+    assert missing.returncode == 1
+    assert f"error: checkpoint {tmp_path / 'nope.ckpt'} not found; pass ckpt=" in missing.stderr
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"\x00" * 100)
+    unreadable = run_command("t2t-decode", "problem=algorithmic_reverse", f"ckpt={garbage}",
+                             "input=123", cwd=tmp_path)
+    assert unreadable.returncode == 1
+    assert f"error: cannot read checkpoint {garbage}" in unreadable.stderr
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}}, foreign)  # a checkpoint, but not one of t2t's
+    not_ours = run_command("t2t-decode", "problem=algorithmic_reverse", f"ckpt={foreign}",
+                           "input=123", cwd=tmp_path)
+    assert not_ours.returncode == 1
+    assert f"error: {foreign} is not a t2t checkpoint" in not_ours.stderr
 
 
 @pytest.mark.timeout(300)

@@ -77,7 +77,7 @@ def train(config: Any) -> None:
         plugins=[AtomicCheckpointIO()],
         logger=[TensorBoardLogger(run_dir, name="tb"), CSVLogger(run_dir, name="csv")])
     say = print if trainer.is_global_zero else (lambda message: None)
-    resume = resumable_checkpoint(run_dir / "checkpoints", warn=say)
+    resume = resumable_checkpoint(run_dir / "checkpoints", module.checkpoint_info, warn=say)
     say(f"t2t-train: {', '.join(p.name for p in problems)}, "
         f"{model.body.num_parameters():,} body parameters, "
         f"run_dir {run_dir}" + (f", resuming from {resume}" if resume else ""))
