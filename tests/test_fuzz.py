@@ -40,7 +40,7 @@ def test_char_vocabulary_round_trips_its_alphabet_and_marks_the_rest(text):
 
 @pytest.fixture(scope="module")
 def subword(tmp_path_factory) -> TextModality:
-    modality = TextModality(vocab="sentencepiece", vocab_size=60)
+    modality = TextModality(vocab="sentencepiece", vocab_size=320)
     corpus = [f"the {word} sat on the mat number {n}" for n in range(200)
               for word in ("cat", "dog", "bird")]
     modality.fit(corpus, tmp_path_factory.mktemp("vocab"))
