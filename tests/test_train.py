@@ -57,19 +57,32 @@ def test_train_then_decode_and_eval(tmp_path):
     assert "was trained on algorithmic_reverse, not algorithmic_sort" in wrong.stderr
 
 
-def test_killed_training_resumes_from_last_checkpoint(tmp_path):
-    command = [str(Path(sys.executable).parent / "t2t-train"), *FAST,
-               "problem.train_size=20000", "data.max_tokens=512", "trainer.max_steps=60",
-               "trainer.val_check_interval=1000", "checkpoint_every=10",
-               f"data_dir={tmp_path / 'data'}", f"run_dir={tmp_path / 'run'}",
-               f"record_samples={tmp_path / 'seen'}"]
+def long_run(tmp_path: Path, checkpoint_every: int) -> list[str]:
+    """A 60-step t2t-train command that records the samples of every batch in tmp_path/seen."""
+    return [str(Path(sys.executable).parent / "t2t-train"), *FAST,
+            "problem.train_size=20000", "data.max_tokens=512", "trainer.max_steps=60",
+            "trainer.val_check_interval=1000", f"checkpoint_every={checkpoint_every}",
+            f"data_dir={tmp_path / 'data'}", f"run_dir={tmp_path / 'run'}",
+            f"record_samples={tmp_path / 'seen'}"]
+
+
+def start_and_wait(command: list[str], tmp_path: Path, steps: int) -> subprocess.Popen:
+    """Start training (output to tmp_path/train.out and train.err: a pipe nobody reads
+    could fill and stall it); return once it has recorded `steps` batches."""
     log = tmp_path / "seen" / "rank0.tsv"
-    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    with open(tmp_path / "train.out", "w") as out, open(tmp_path / "train.err", "w") as err:
+        process = subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=err)
     deadline = time.monotonic() + 240
-    while not (log.is_file() and len(log.read_text().splitlines()) >= 25):
+    while not (log.is_file() and len(log.read_text().splitlines()) >= steps):
         assert process.poll() is None and time.monotonic() < deadline, "training did not start"
         time.sleep(0.2)
+    return process
+
+
+def test_killed_training_resumes_from_last_checkpoint(tmp_path):
+    command = long_run(tmp_path, checkpoint_every=10)
+    log = tmp_path / "seen" / "rank0.tsv"
+    process = start_and_wait(command, tmp_path, steps=25)
     process.send_signal(signal.SIGKILL)
     process.wait()
     checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
@@ -94,20 +107,12 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path):
 
 @pytest.mark.timeout(600)
 def test_sigterm_saves_the_step_reached_and_the_rerun_continues_there(tmp_path):
-    command = [str(Path(sys.executable).parent / "t2t-train"), *FAST,
-               "problem.train_size=20000", "data.max_tokens=512", "trainer.max_steps=60",
-               "trainer.val_check_interval=1000", "checkpoint_every=1000",
-               f"data_dir={tmp_path / 'data'}", f"run_dir={tmp_path / 'run'}",
-               f"record_samples={tmp_path / 'seen'}"]
+    command = long_run(tmp_path, checkpoint_every=1000)
     log = tmp_path / "seen" / "rank0.tsv"
-    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while not (log.is_file() and len(log.read_text().splitlines()) >= 15):
-        assert process.poll() is None and time.monotonic() < deadline, "training did not start"
-        time.sleep(0.2)
+    process = start_and_wait(command, tmp_path, steps=15)
     process.send_signal(signal.SIGTERM)  # as a cluster pre-empting the job
-    _, stderr = process.communicate(timeout=120)
+    process.wait(timeout=120)
+    stderr = (tmp_path / "train.err").read_text()
     assert process.returncode == 1  # not 0: the job did not finish
     assert "stopped by SIGTERM after step" in stderr and "run the same command again" in stderr
     trained = records(tmp_path / "seen")[0]
