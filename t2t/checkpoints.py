@@ -57,7 +57,11 @@ def resumable_checkpoint(directory: Path, expected: dict[str, Any],
             problems.append(f"{path} ({str(error).splitlines()[0]})")
             warn(f"t2t-train: cannot read checkpoint {problems[-1]}; trying an older one")
             continue
-        _check_same_run(path, checkpoint.get("t2t") or {}, expected)
+        info = checkpoint.get("t2t") if isinstance(checkpoint, dict) else None
+        if not info:
+            raise UserError(f"{path} is not a t2t checkpoint (no 't2t' section); pass another "
+                            f"run_dir for this run")
+        _check_same_run(path, info, expected)
         return path
     if found:
         raise UserError(f"no readable checkpoint in {directory}: {'; '.join(problems)}; "
@@ -73,10 +77,10 @@ ARCHITECTURE = ("d_model", "num_heads", "num_encoder_layers", "num_decoder_layer
 def _check_same_run(path: Path, saved: dict[str, Any], expected: dict[str, Any]) -> None:
     """Resuming another problem's or another model's checkpoint would fail deep inside
     load_state_dict (or, worse, half work): say what differs instead."""
-    names = [spec["name"] for spec in saved.get("problems", [])]
+    names = [spec["name"] for spec in saved["problems"]]
     wanted = [spec["name"] for spec in expected["problems"]]
     if names != wanted:
-        raise UserError(f"{path} was trained on {', '.join(names) or 'unknown problems'}, not "
+        raise UserError(f"{path} was trained on {', '.join(names)}, not "
                         f"{', '.join(wanted)}; pass another run_dir for this run")
     differ = [f"{key} {saved['model'].get(key)} vs {expected['model'][key]}"
               for key in ARCHITECTURE if saved["model"].get(key) != expected["model"][key]]

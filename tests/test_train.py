@@ -156,6 +156,11 @@ def test_unreadable_last_checkpoint_falls_back_and_a_foreign_one_is_refused(tmp_
     assert other_problem.returncode == 1
     assert "was trained on algorithmic_reverse, not algorithmic_sort" in other_problem.stderr
 
+    torch.save({"state_dict": {}}, last)  # readable, but not one of t2t's
+    foreign = run_command("t2t-train", *common, "trainer.max_steps=40", cwd=tmp_path)
+    assert foreign.returncode == 1
+    assert f"{last} is not a t2t checkpoint" in foreign.stderr
+
     for path in folder.glob("*.ckpt"):
         path.write_bytes(b"not a checkpoint")
     third = run_command("t2t-train", *common, "trainer.max_steps=40", cwd=tmp_path)
