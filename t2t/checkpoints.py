@@ -34,12 +34,10 @@ class CheckpointOnSigterm(Callback):
 
     def __init__(self, path: Path):
         self.path = path
-        self.saved_step: int | None = None
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException):
             trainer.save_checkpoint(self.path)
-            self.saved_step = trainer.global_step
 
 
 def resumable_checkpoint(directory: Path, expected: dict[str, Any],

@@ -71,9 +71,9 @@ def train(config: Any) -> None:
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True,
                                   every_n_train_steps=config.checkpoint_every)
     last = run_dir / "checkpoints" / "last.ckpt"
-    on_sigterm = CheckpointOnSigterm(last)
     trainer = hydra.utils.instantiate(
-        config.trainer, default_root_dir=str(run_dir), callbacks=[checkpoints, on_sigterm],
+        config.trainer, default_root_dir=str(run_dir),
+        callbacks=[checkpoints, CheckpointOnSigterm(last)],
         plugins=[AtomicCheckpointIO()],
         logger=[TensorBoardLogger(run_dir, name="tb"), CSVLogger(run_dir, name="csv")])
     say = print if trainer.is_global_zero else (lambda message: None)
@@ -84,7 +84,7 @@ def train(config: Any) -> None:
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
     except SIGTERMException:  # a SystemExit whose status would be 0, as if training finished
-        raise UserError(f"stopped by SIGTERM after step {on_sigterm.saved_step}, saved to "
+        raise UserError(f"stopped by SIGTERM after step {trainer.global_step}, saved to "
                         f"{last}; run the same command again to resume") from None
     if trainer.interrupted:
         raise UserError(f"training interrupted; run the same command again to resume from "
