@@ -153,6 +153,19 @@ def test_datagen_killed_at_random_points_resumes_to_the_same_shards(tmp_path, se
             for s in split["shards"]} == clean
 
 
+def test_two_datagens_at_once_on_one_data_dir_both_succeed(tmp_path, uninterrupted):
+    """A sweep launched in parallel starts several runs on one data_dir: the second waits
+    for the first's shards instead of racing it for the scratch files."""
+    clean, _ = uninterrupted
+    command = [str(Path(sys.executable).parent / "t2t-datagen"), *KILLED,
+               f"data_dir={tmp_path}"]
+    runs = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outcomes = [(run.wait(timeout=300), run.stderr.read()) for run in runs]
+    assert [code for code, _ in outcomes] == [0, 0], outcomes
+    assert shard_hashes(tmp_path / "algorithmic_reverse") == clean
+
+
 class Uneven(Problem):
     """Samples with an empty one and an over-long one."""
 
