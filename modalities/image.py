@@ -76,7 +76,8 @@ class ImageModality(Modality):
     length_limited = False  # scaled to height x max_width on load
 
     def __init__(self, height: int = 32, max_width: int = 256, channels: int = 1,
-                 patch_size: int | Sequence[int] = 4, augment: bool = False):
+                 patch_size: int | Sequence[int] = 4, augment: bool = False,
+                 elastic: float = 0.0, stem_channels: int = 0):
         if channels not in (1, 3):
             raise UserError(f"ImageModality channels must be 1 (grayscale) or 3 (RGB), "
                             f"got {channels}")
@@ -87,13 +88,24 @@ class ImageModality(Modality):
             raise UserError(f"ImageModality: height {height} and max_width {max_width} must "
                             f"be multiples of the patch height {patch_height} and width "
                             f"{patch_width}")
+        if stem_channels and (patch_height % 2 or patch_width % 2):
+            raise UserError(f"ImageModality: a convolutional stem halves the image, so the "
+                            f"patch size ({patch_height}, {patch_width}) must be even")
         self.height, self.max_width, self.channels = height, max_width, channels
+        # Width of a small convolutional stem before the patch embedding (a hybrid ViT,
+        # Dosovitskiy et al. 2021): 3x3 convolutions see strokes wherever they fall in a
+        # patch, which a linear patch embedding must learn position by position. 0: none.
+        self.stem_channels = stem_channels
         self.patch_height, self.patch_width, self.augment = patch_height, patch_width, augment
+        # With augment: pixels of smooth random displacement (elastic distortion, Simard et al.
+        # 2003), which varies the strokes themselves where an affine map moves them rigidly.
+        self.elastic = elastic
 
     @property
     def key(self) -> str:
+        stem = f":s{self.stem_channels}" if self.stem_channels else ""
         return (f"image:{self.channels}x{self.height}x{self.max_width}:"
-                f"p{self.patch_height}x{self.patch_width}")
+                f"p{self.patch_height}x{self.patch_width}{stem}")
 
     def describe(self) -> str:
         return f"image({'gray' if self.channels == 1 else 'rgb'} {self.height}px)"
@@ -121,6 +133,8 @@ class ImageModality(Modality):
         image = F.resize(image, [height, width], antialias=True)
         if augment and self.augment:
             image = self._augmentation()(image)
+            if self.elastic:
+                image = elastic_warp(image, self.elastic)
         if height < self.height:  # images wider than max_width: pad below
             image = F.pad(image, [0, 0, 0, self.height - height])
         return image
@@ -161,7 +175,26 @@ class ImageModality(Modality):
     def bottom(self, d_model: int) -> nn.Module:
         patch = (self.patch_height, self.patch_width)
         return ImagePatches(self.channels, patch, d_model, rows=self.height // patch[0],
-                            columns=self.max_width // patch[1])
+                            columns=self.max_width // patch[1],
+                            stem_channels=self.stem_channels)
+
+
+def elastic_warp(image: torch.Tensor, pixels: float, cell: int = 8) -> torch.Tensor:
+    """(C, H, W) uint8 displaced by a random field smooth over `cell`-pixel cells, about
+    `pixels` pixels at its strongest. The field is drawn on the coarse grid and upsampled,
+    ~20x cheaper than torchvision's ElasticTransform, which blurs full-size noise."""
+    _, height, width = image.shape
+    coarse = torch.randn(1, 2, max(2, height // cell), max(2, width // cell)) * (pixels / 2)
+    shift = nn.functional.interpolate(coarse, size=(height, width), mode="bicubic",
+                                      align_corners=True)[0]
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32),
+                            torch.arange(width, dtype=torch.float32), indexing="ij")
+    # grid_sample wants where to read each output pixel from, in [-1, 1] coordinates.
+    grid = torch.stack([(xs + shift[0]) * 2 / max(1, width - 1) - 1,
+                        (ys + shift[1]) * 2 / max(1, height - 1) - 1], dim=-1)
+    warped = nn.functional.grid_sample(image[None].float(), grid[None], mode="bilinear",
+                                       padding_mode="border", align_corners=True)[0]
+    return warped.round().clamp(0, 255).to(torch.uint8)
 
 
 class ImagePatches(nn.Module):
@@ -173,8 +206,14 @@ class ImagePatches(nn.Module):
     got below the prior's loss, where with the norm it memorised them in 60 steps."""
 
     def __init__(self, channels: int, patch_size: tuple[int, int], d_model: int, rows: int,
-                 columns: int):
+                 columns: int, stem_channels: int = 0):
         super().__init__()
+        self.patch_height, self.patch_width = patch_size
+        self.stem = nn.ModuleList()
+        if stem_channels:  # full resolution, then half: the patch embedding reads half-size
+            self.stem.append(nn.Conv2d(channels, stem_channels, 3, padding=1))
+            self.stem.append(nn.Conv2d(stem_channels, stem_channels, 3, stride=2, padding=1))
+            channels, patch_size = stem_channels, (patch_size[0] // 2, patch_size[1] // 2)
         self.project = nn.Conv2d(channels, d_model, kernel_size=patch_size, stride=patch_size)
         self.norm = nn.LayerNorm(d_model)
         self.row = nn.Parameter(torch.randn(rows, d_model) * 0.02)
@@ -182,6 +221,17 @@ class ImagePatches(nn.Module):
 
     def forward(self, images: torch.Tensor, pad_mask: torch.Tensor):
         x = images.float() / 127.5 - 1.0  # [0, 255] -> [-1, 1], on the device
+        if len(self.stem):
+            # Zero the batch's padding columns before and after every convolution, as the
+            # convolution's own zero padding does at an image's edge: an image gets the same
+            # embeddings alone and beside wider ones.
+            rows = x.shape[2] // self.patch_height  # the mask is column by column
+            valid = (~pad_mask[:, ::rows]).repeat_interleave(self.patch_width, dim=1)
+            valid = valid[:, None, None, :].to(x.dtype)  # (B, 1, 1, W) pixel columns
+            x = x * valid
+            for conv in self.stem:
+                valid = valid[..., :: conv.stride[1]]
+                x = nn.functional.gelu(conv(x)) * valid
         x = self.norm(self.project(x).permute(0, 3, 2, 1))  # (B, cols, rows, C)
         cols, rows = x.shape[1], x.shape[2]
         x = x + self.row[:rows][None, None] + self.column[:cols][None, :, None]

@@ -207,8 +207,9 @@ def test_collate_masks_exactly_the_padding_columns_in_reading_order():
         assert (batch[i, :, :, width:] == 0).all()
 
 
-def test_bottom_embeds_patches_and_keeps_the_mask():
-    modality = ImageModality(**{**MODALITY, "channels": 3})
+@pytest.mark.parametrize("stem_channels", [0, 8])
+def test_bottom_embeds_patches_and_keeps_the_mask(stem_channels):
+    modality = ImageModality(**{**MODALITY, "channels": 3, "stem_channels": stem_channels})
     images = [modality.load(modality.encode(noise(16, w, channels=3, seed=w)))
               for w in (40, 12)]
     batch, mask = modality.collate(images)
@@ -222,6 +223,15 @@ def test_bottom_embeds_patches_and_keeps_the_mask():
     assert alone.shape == (1, 4 * 3, 24) and not alone_mask.any()
     together = embeddings[1].view(10, 4, 24)[:3]
     assert torch.allclose(together, alone[0].view(3, 4, 24), atol=1e-5)
+
+
+def test_a_convolutional_stem_is_in_the_key_and_needs_an_even_patch():
+    assert ImageModality(**MODALITY, stem_channels=8).key != ImageModality(**MODALITY).key
+    assert sum(p.numel() for p in ImageModality(**MODALITY, stem_channels=8).bottom(24)
+               .parameters()) > sum(p.numel() for p in ImageModality(**MODALITY).bottom(24)
+                                    .parameters())
+    with pytest.raises(UserError, match="even"):
+        ImageModality(height=15, max_width=30, patch_size=(15, 6), stem_channels=8)
 
 
 @pytest.mark.parametrize("modality_augment, load_augment", [(True, True), (True, False),
@@ -238,6 +248,22 @@ def test_augment_needs_both_the_modality_and_the_load_flag(modality_augment, loa
     else:
         assert not any(changed)
     assert modality.load(stored, augment=load_augment).shape == plain.shape
+
+
+def test_elastic_warp_bends_strokes_but_keeps_the_ink_and_the_background():
+    from modalities.image import elastic_warp
+
+    canvas = np.zeros((32, 96), dtype=np.uint8)
+    canvas[4:28, 20:24] = 255  # a vertical bar, like the stroke of a "1"
+    image = torch.from_numpy(canvas)[None]
+    torch.manual_seed(0)
+    warped = elastic_warp(image, 2.0)
+    assert warped.shape == image.shape and warped.dtype == torch.uint8
+    assert not torch.equal(warped, image)
+    assert abs(warped.float().sum() / image.float().sum() - 1) < 0.15  # moved, not erased
+    assert warped[0, :, 50:].max() == 0  # far from the bar stays background
+    flat = torch.full((1, 32, 96), 200, dtype=torch.uint8)  # edges read the border: no frame
+    assert torch.equal(elastic_warp(flat, 3.0), flat)
 
 
 # -- image_text_folder ---------------------------------------------------------------------------
