@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, WeightAveraging
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -85,3 +85,32 @@ def _check_same_run(path: Path, saved: dict[str, Any], expected: dict[str, Any])
     if differ:
         raise UserError(f"{path} holds another model ({'; '.join(differ)} now); resume with "
                         f"the same model settings, or pass another run_dir")
+
+
+class WeightEMA(WeightAveraging):
+    """An exponential moving average of the weights (Polyak averaging), which validation,
+    the checkpoints' state_dict and so decoding use; the raw weights go on training, kept in
+    the checkpoint as `current_model_state` for resuming. Late in a short run the raw weights
+    swing from one validation to the next; their average sits nearer the optimum.
+
+    The rate ramps up as tensorflow's ExponentialMovingAverage(num_updates) does,
+    min(decay, (1 + n) / (10 + n)) after n updates, so that the average follows the fast
+    early changes instead of holding on to the random initial weights."""
+
+    def __init__(self, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise UserError(f"ema_decay={decay}: use a number between 0 and 1 (e.g. 0.998), "
+                            f"or null for no averaging")
+
+        def average(averaged: torch.Tensor, current: torch.Tensor,
+                    updates: torch.Tensor) -> torch.Tensor:
+            rate = min(decay, (1.0 + float(updates)) / (10.0 + float(updates)))
+            return averaged * rate + current * (1.0 - rate)
+
+        super().__init__(avg_fn=average, use_buffers=True)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        """Lightning copies the average over the raw weights here, before the last
+        checkpoint is written (checkpoint callbacks run last): that checkpoint would hold the
+        average twice and a resumed run would go on from it. Keep the raw weights: the
+        checkpoint's state_dict is the average anyway, and validation swaps it in."""

@@ -238,3 +238,47 @@ def test_ddp_two_cpu_processes_see_every_sample_once_per_epoch(tmp_path):
                     for key in batch:
                         keys[key] += 1
         assert len(keys) == 600 and set(keys.values()) == {1}, f"epoch {epoch}"
+
+
+def test_weight_average_is_what_checkpoints_hold_and_decode_uses_and_resume_continues(
+        tmp_path):
+    run_dir, data_dir = tmp_path / "run", tmp_path / "data"
+    common = [*FAST, "ema_decay=0.9", f"data_dir={data_dir}", f"run_dir={run_dir}"]
+    first = run_command("t2t-train", *common, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    averaged, raw = checkpoint["state_dict"], checkpoint["current_model_state"]
+    assert averaged.keys() == raw.keys()
+    assert any(not torch.equal(averaged[k], raw[k]) for k in averaged)
+    decoded = run_command("t2t-decode", "problem=algorithmic_reverse",
+                          f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}", "input=12345",
+                          cwd=tmp_path)
+    assert decoded.returncode == 0, decoded.stderr
+
+    resumed = run_command("t2t-train", *common, "trainer.max_steps=40", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout and "metrics after 40 steps" in resumed.stdout
+    later = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert later["global_step"] == 40
+    # The raw weights went on from where they were, not from the average.
+    moved = [k for k in raw if not torch.equal(later["current_model_state"][k], raw[k])]
+    assert moved
+
+    bad = run_command("t2t-train", *common, "ema_decay=1.5", cwd=tmp_path)
+    assert bad.returncode == 1 and "ema_decay=1.5" in bad.stderr
+
+
+def test_weight_average_ramps_up_then_decays_at_the_given_rate():
+    from torch.optim.swa_utils import AveragedModel
+
+    from t2t.checkpoints import WeightEMA
+
+    weight = torch.nn.Linear(1, 1, bias=False)
+    average = AveragedModel(weight, avg_fn=WeightEMA(0.2)._kwargs["avg_fn"])
+    expected = None
+    for n, value in enumerate([4.0, 8.0, 0.0, 2.0, 6.0]):
+        weight.weight.data.fill_(value)
+        average.update_parameters(weight)
+        rate = min(0.2, (1 + n) / (10 + n))  # n updates before this one: capped from n=2
+        expected = value if expected is None else expected * rate + value * (1 - rate)
+        assert average.module.weight.item() == pytest.approx(expected)

@@ -46,7 +46,8 @@ def train(config: Any) -> None:
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from t2t.checkpoints import AtomicCheckpointIO, CheckpointOnSigterm, resumable_checkpoint
+    from t2t.checkpoints import (AtomicCheckpointIO, CheckpointOnSigterm, WeightEMA,
+                                 resumable_checkpoint)
     from t2t.cli.report import print_report
     from t2t.datamodule import T2TDataModule
     from t2t.lit_module import T2TLitModule
@@ -71,9 +72,10 @@ def train(config: Any) -> None:
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True,
                                   every_n_train_steps=config.checkpoint_every)
     last = run_dir / "checkpoints" / "last.ckpt"
+    averaging = [WeightEMA(config.ema_decay)] if config.ema_decay is not None else []
     trainer = hydra.utils.instantiate(
         config.trainer, default_root_dir=str(run_dir),
-        callbacks=[checkpoints, CheckpointOnSigterm(last)],
+        callbacks=[checkpoints, CheckpointOnSigterm(last), *averaging],
         plugins=[AtomicCheckpointIO()],
         logger=[TensorBoardLogger(run_dir, name="tb"), CSVLogger(run_dir, name="csv")])
     say = print if trainer.is_global_zero else (lambda message: None)
