@@ -96,6 +96,9 @@ class AudioModality(Modality):
     speakers. A factor's rate (sample_rate x factor) should share a large divisor with
     sample_rate, or resampling gets slow. Batches are planned on the stored lengths, so a
     slowed utterance can make a batch up to 1/min(factors) times its max_tokens.
+    freq_warp: in training, each utterance's mel axis is stretched or squeezed by a factor
+    drawn from [1 - freq_warp, 1 + freq_warp] (vocal tract length perturbation, Jaitly and
+    Hinton 2013): other formant positions at the same speed, unlike speed_perturb.
     """
 
     kind = "audio"
@@ -104,11 +107,15 @@ class AudioModality(Modality):
     def __init__(self, sample_rate: int = 16000, num_mels: int = 80, window_ms: float = 25.0,
                  hop_ms: float = 10.0, conv_channels: int = 32, spec_augment: bool = True,
                  freq_masks: int = 2, freq_mask_width: int = 15, time_masks: int = 2,
-                 time_mask_width: int = 10, speed_perturb: Sequence[float] = ()):
+                 time_mask_width: int = 10, speed_perturb: Sequence[float] = (),
+                 freq_warp: float = 0.0):
         if any(not 0.5 <= factor <= 2.0 for factor in speed_perturb):
             raise UserError(f"AudioModality speed_perturb factors must be between 0.5 and 2, "
                             f"got {list(speed_perturb)}")
         self.speed_perturb = [float(factor) for factor in speed_perturb]
+        if not 0.0 <= freq_warp < 0.5:
+            raise UserError(f"AudioModality freq_warp must be in [0, 0.5), got {freq_warp}")
+        self.freq_warp = float(freq_warp)
         self.sample_rate, self.num_mels, self.conv_channels = sample_rate, num_mels, conv_channels
         self.window = round(sample_rate * window_ms / 1000)  # samples
         self.hop = round(sample_rate * hop_ms / 1000)
@@ -173,7 +180,8 @@ class AudioModality(Modality):
 
     def bottom(self, d_model: int) -> nn.Module:
         return AudioFeatures(self.sample_rate, self.n_fft, self.window, self.hop, self.num_mels,
-                             self.conv_channels, d_model, self.spec_augment)
+                             self.conv_channels, d_model, self.spec_augment,
+                             self.freq_warp)
 
 
 def num_frames(samples: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
@@ -190,8 +198,10 @@ class AudioFeatures(nn.Module):
     """(B, N) waveforms + (B, N) sample padding -> (B, T, d_model) + (B, T) frame padding."""
 
     def __init__(self, sample_rate: int, n_fft: int, window: int, hop: int, num_mels: int,
-                 channels: int, d_model: int, spec_augment: dict | None):
+                 channels: int, d_model: int, spec_augment: dict | None,
+                 freq_warp: float = 0.0):
         super().__init__()
+        self.freq_warp = freq_warp
         torchaudio = _torchaudio()
         self.n_fft, self.hop = n_fft, hop
         self.mel = torchaudio.transforms.MelSpectrogram(
@@ -222,6 +232,8 @@ class AudioFeatures(nn.Module):
         mean = (features * valid).sum(dim=2, keepdim=True) / count
         var = (((features - mean) * valid) ** 2).sum(dim=2, keepdim=True) / count
         features = (features - mean) / (var.sqrt() + 1e-5) * valid
+        if self.training and self.freq_warp:
+            features = warp_frequencies(features, self.freq_warp) * valid
         if self.training and len(self.masks):
             x = features[:, None]  # (B, 1, M, F): iid masks need a channel axis
             for mask in self.masks:
@@ -234,6 +246,20 @@ class AudioFeatures(nn.Module):
             x = x * _valid(lengths, x.shape[2])[:, None, :, None]
         x = self.norm(self.project(x.permute(0, 2, 1, 3).flatten(2)))  # (B, T, ch*M/4) -> C
         return x, ~_valid(lengths, x.shape[1])  # (B, T, C), (B, T) True = padding
+
+
+def warp_frequencies(features: torch.Tensor, warp: float) -> torch.Tensor:
+    """(B, M, F) features, each utterance's bin axis scaled by its own random factor in
+    [1 - warp, 1 + warp] about bin 0: bin m reads bin m / factor (linear interpolation;
+    beyond the top bin, the top bin)."""
+    batch, bins, _ = features.shape
+    factor = 1 + (torch.rand(batch, 1, device=features.device) * 2 - 1) * warp  # (B, 1)
+    source = (torch.arange(bins, device=features.device)[None, :] / factor).clamp(max=bins - 1)
+    low = source.floor().long()
+    high = (low + 1).clamp(max=bins - 1)
+    weight = (source - low)[:, :, None]  # (B, M, 1)
+    pick = lambda index: features.gather(1, index[:, :, None].expand(-1, -1, features.shape[2]))
+    return pick(low) * (1 - weight) + pick(high) * weight
 
 
 def _valid(lengths: torch.Tensor, size: int) -> torch.Tensor:

@@ -140,6 +140,27 @@ def test_spec_augment_only_in_training_and_only_when_enabled():
         assert torch.equal(train_a, train_b) != enabled  # fresh masks every batch
 
 
+def test_frequency_warp_moves_a_formant_by_at_most_the_warp_and_only_in_training():
+    from modalities.audio import warp_frequencies
+
+    features = torch.zeros(64, 40, 5)
+    features[:, 20] = 1.0  # one "formant" at bin 20 in every frame
+    torch.manual_seed(0)
+    warped = warp_frequencies(features, 0.1)
+    assert warped.shape == features.shape
+    centre = (warped * torch.arange(40.0)[None, :, None]).sum(1) / warped.sum(1)  # (B, F)
+    assert centre.min() >= 20 * 0.9 - 1e-4 and centre.max() <= 20 * 1.1 + 1e-4
+    assert centre.std() > 0.5  # every utterance its own factor
+    assert torch.allclose(centre[:, 0], centre[:, 4])  # the same factor in all its frames
+    wave = torch.from_numpy(np.random.default_rng(2).standard_normal(8000).astype(np.float32))
+    modality = AudioModality(sample_rate=8000, num_mels=40, spec_augment=False, freq_warp=0.1)
+    bottom, batch = modality.bottom(32), modality.collate([wave])
+    assert torch.equal(bottom.eval()(*batch)[0], bottom(*batch)[0])
+    assert not torch.equal(bottom.train()(*batch)[0], bottom.eval()(*batch)[0])
+    with pytest.raises(UserError, match="freq_warp"):
+        AudioModality(freq_warp=0.7)
+
+
 def test_modality_key_names_what_shapes_the_weights():
     assert AudioModality().key == AudioModality().key
     assert AudioModality(num_mels=40).key != AudioModality().key
