@@ -47,3 +47,14 @@ def test_command_configs_compose(command):
         overrides = ["problem=algorithmic_copy"] + (["ckpt=x"] if command != "datagen" else [])
         config = compose(command, overrides=overrides)
     assert config.problem.name == "algorithmic_copy" and config.data_dir
+
+
+def test_an_experiment_sets_top_level_keys_and_the_command_line_still_wins():
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        plain = compose("train", overrides=["experiment=quickstart"])
+        experiment = compose("train", overrides=["experiment=mnist_digit_strings"])
+        overridden = compose("train", overrides=["experiment=mnist_digit_strings",
+                                                 "ema_decay=null"])
+    assert plain.ema_decay is None
+    assert experiment.ema_decay == 0.998  # configs/experiment/mnist_digit_strings.yaml
+    assert overridden.ema_decay is None
