@@ -258,8 +258,11 @@ def warp_frequencies(features: torch.Tensor, warp: float) -> torch.Tensor:
     low = source.floor().long()
     high = (low + 1).clamp(max=bins - 1)
     weight = (source - low)[:, :, None]  # (B, M, 1)
-    pick = lambda index: features.gather(1, index[:, :, None].expand(-1, -1, features.shape[2]))
-    return pick(low) * (1 - weight) + pick(high) * weight
+
+    def bins_at(index: torch.Tensor) -> torch.Tensor:
+        return features.gather(1, index[:, :, None].expand(-1, -1, features.shape[2]))
+
+    return bins_at(low) * (1 - weight) + bins_at(high) * weight
 
 
 def _valid(lengths: torch.Tensor, size: int) -> torch.Tensor:

@@ -135,11 +135,12 @@ def generate(
     if on_bad_example not in ("error", "skip"):
         raise UserError(f"datagen.on_bad_example={on_bad_example!r}: use error or skip")
     problem_dir = Path(data_dir) / problem.name
-    with _exclusive(problem_dir, _printer(progress)):
+    print_fn = _printer(progress)
+    with _exclusive(problem_dir, print_fn):
         return _generate(problem, problem_dir, samples_per_shard=samples_per_shard,
                          chunk_size=chunk_size, max_length=max_length, compress=compress,
                          max_samples=max_samples, on_bad_example=on_bad_example,
-                         workers=workers, progress=progress)
+                         workers=workers, progress=progress, print_fn=print_fn)
 
 
 @contextlib.contextmanager
@@ -148,25 +149,22 @@ def _exclusive(problem_dir: Path, print_fn):
     launched in parallel, another rank) waits, then finds the shards up to date. Without it
     both wrote the same scratch files and one crashed on the other's rename."""
     problem_dir.mkdir(parents=True, exist_ok=True)
-    with open(problem_dir / ".lock", "a") as lock:  # "a": a no-op run touches nothing
+    # "a": a no-op run touches nothing. Closing the file releases the lock, error or not.
+    with open(problem_dir / ".lock", "a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             print_fn(f"{problem_dir}: another datagen is writing here; waiting for it")
             fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+        yield
 
 
 def _generate(problem: Problem, problem_dir: Path, *, samples_per_shard: int, chunk_size: int,
               max_length: int | None, compress: bool, max_samples: int | None,
-              on_bad_example: str, workers: int, progress: bool) -> Path:
+              on_bad_example: str, workers: int, progress: bool, print_fn) -> Path:
     settings = {"samples_per_shard": samples_per_shard, "max_length": max_length,
                 "compress": compress, "max_samples": max_samples,
                 "on_bad_example": on_bad_example}
-    print_fn = _printer(progress)
     fp = fingerprint(problem, settings)
 
     if (problem_dir / "meta.json").is_file():

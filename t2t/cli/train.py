@@ -46,8 +46,12 @@ def train(config: Any) -> None:
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from t2t.checkpoints import (AtomicCheckpointIO, CheckpointOnSigterm, WeightEMA,
-                                 resumable_checkpoint)
+    from t2t.checkpoints import (
+        AtomicCheckpointIO,
+        CheckpointOnSigterm,
+        WeightEMA,
+        resumable_checkpoint,
+    )
     from t2t.cli.report import print_report
     from t2t.datamodule import T2TDataModule
     from t2t.lit_module import T2TLitModule
