@@ -20,6 +20,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--run-root", default="outputs/bench-image")
     parser.add_argument("--beam-size", type=int, default=1)
+    parser.add_argument("overrides", nargs="*", help="extra t2t-train overrides (key=value)")
     args = parser.parse_args()
 
     rows = []
@@ -27,7 +28,7 @@ def main() -> None:
         problem = [f"problem={name}"]
         if name in RAW and RAW[name].is_dir():
             problem.append(f"problem.raw_dir={RAW[name]}")
-        result = train_and_evaluate(problem, [f"experiment={name}"], minutes=args.minutes,
+        result = train_and_evaluate(problem, [f"experiment={name}", *args.overrides], minutes=args.minutes,
                                     run_dir=f"{args.run_root}/{name}", data_dir=args.data_dir,
                                     beam_size=args.beam_size)
         rows.append((name, result))
