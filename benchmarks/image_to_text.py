@@ -28,7 +28,8 @@ def main() -> None:
         problem = [f"problem={name}"]
         if name in RAW and RAW[name].is_dir():
             problem.append(f"problem.raw_dir={RAW[name]}")
-        result = train_and_evaluate(problem, [f"experiment={name}", *args.overrides], minutes=args.minutes,
+        result = train_and_evaluate(problem, [f"experiment={name}", *args.overrides],
+                                    minutes=args.minutes,
                                     run_dir=f"{args.run_root}/{name}", data_dir=args.data_dir,
                                     beam_size=args.beam_size)
         rows.append((name, result))
