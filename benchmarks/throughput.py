@@ -12,7 +12,7 @@ Model FLOPs are the issue's count, 6 x N x target tokens, with N the weights tha
 target sentences have about the same length here, so this stands for the encoder's share too.
 
     python benchmarks/throughput.py                                  # CPU, small, fp32
-    python benchmarks/throughput.py --device cuda --model base --precision bf16 --compile
+    python benchmarks/throughput.py --device cuda --model base --precision bf16 --compile layers
 """
 
 from __future__ import annotations
@@ -104,9 +104,8 @@ class T2T:
     def compile(self, whole: bool):
         if whole:
             self.loss = torch.compile(self.lit.loss, dynamic=True)
-        else:  # regional: each layer on its own, compiled once, reused by every layer
-            for layer in [*self.model.body.encoder, *self.model.body.decoder]:
-                layer.compile(dynamic=True)
+        else:  # regional: what t2t-train compile=true does
+            self.model.body.compile_layers()
 
     @torch.no_grad()
     def decode(self, batch, length: int, beam: int):

@@ -113,6 +113,19 @@ def test_problem_token_and_bos_reach_the_body(model):
 
 
 @torch.no_grad()
+def test_compiled_layers_compute_the_same_and_keep_checkpoint_keys(model):
+    x, pad_mask, y, problem = make_batch()
+    expected = full_decode(model, x, pad_mask, y, problem)
+    keys = list(model.state_dict())
+    model.compile_layers()
+    assert list(model.state_dict()) == keys  # checkpoints load either way
+    torch.testing.assert_close(full_decode(model, x, pad_mask, y, problem), expected,
+                               rtol=1e-4, atol=1e-4)
+    # Incremental decoding still runs (its per-position step is not compiled).
+    stepwise, _ = stepwise_decode(model, x, pad_mask, y, problem)
+    torch.testing.assert_close(stepwise, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_cache_reorder_matches_permuted_batch(model):
     x, pad_mask, y, problem = make_batch()
     perm = torch.tensor([2, 0, 1])

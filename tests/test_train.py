@@ -268,6 +268,18 @@ def test_weight_average_is_what_checkpoints_hold_and_decode_uses_and_resume_cont
     assert bad.returncode == 1 and "ema_decay=1.5" in bad.stderr
 
 
+def test_compile_switch_trains_and_its_checkpoint_decodes(tmp_path):
+    run_dir, data_dir = tmp_path / "run", tmp_path / "data"
+    trained = run_command("t2t-train", *FAST, "trainer.max_steps=10", "compile=true",
+                          f"data_dir={data_dir}", f"run_dir={run_dir}", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "metrics after 10 steps" in trained.stdout
+    decoded = run_command("t2t-decode", "problem=algorithmic_reverse",
+                          f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}", "input=12345",
+                          cwd=tmp_path)
+    assert decoded.returncode == 0, decoded.stderr
+
+
 def test_weight_average_ramps_up_then_decays_at_the_given_rate():
     from torch.optim.swa_utils import AveragedModel
 

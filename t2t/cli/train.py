@@ -62,6 +62,8 @@ def train(config: Any) -> None:
     problem_dirs = [shards_for(problem, config) for problem in problems]
     model_config = hydra.utils.instantiate(config.model)
     model = T2TModel(model_config, [(p.inputs, p.targets) for p in problems])
+    if config.compile:
+        model.body.compile_layers()
     module = T2TLitModule(
         model, problems, **config.optim, max_steps=config.trainer.max_steps,
         val_decode_batches=config.eval.decode_batches, beam_size=config.eval.beam_size,
