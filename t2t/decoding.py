@@ -101,8 +101,8 @@ def _next_logp(
     logp[:, BOS] = -math.inf
     if allowed is not None:
         mask = _allowed_mask(allowed, prefix, logp.size(-1), keep, batch_size)
-        logp = logp.masked_fill(~mask.to(logp.device), -math.inf)
-        stuck = ~done & (logp == -math.inf).all(dim=-1)
+        logp.masked_fill_(~mask.to(logp.device), -math.inf)
+        stuck = ~done & (logp.amax(dim=-1) == -math.inf)
         if bool(stuck.any()):
             i = int(stuck.nonzero()[0])
             raise ValueError(
@@ -110,9 +110,10 @@ def _next_logp(
                 f"{prefix[i].tolist()} (PAD and BOS are never emitted); a constraint must leave "
                 "every unfinished row at least one token, e.g. EOS"
             )
-    pad_only = torch.full_like(logp[0], -math.inf)
-    pad_only[PAD] = 0.0
-    return torch.where(done.unsqueeze(-1), pad_only, logp)
+    # In place: this runs every step over (N, V), and logp is ours (fresh from log_softmax).
+    logp.masked_fill_(done.unsqueeze(-1), -math.inf)
+    logp[:, PAD] = torch.where(done, 0.0, -math.inf)
+    return logp
 
 
 def _finish(ids: torch.Tensor) -> torch.Tensor:
@@ -263,7 +264,8 @@ def beam_search(
     fin_seq = torch.zeros(B, K, 0, dtype=torch.long, device=device)  # (B, K, t), PAD after EOS
     fin_score = torch.full((B, K), -math.inf, device=device)  # length-normalised, best first
     beam_base = torch.arange(B, device=device).unsqueeze(1) * K  # (B, 1): flat index of beam 0
-    n_cand = min(2 * K, K * V)
+    per_beam = min(2 * K, V)
+    n_cand = min(2 * K, K * per_beam)
 
     def top(k: int, scores: torch.Tensor, seqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # scores (B, M), seqs (B, M, t) -> the k best of each, best first
@@ -276,9 +278,13 @@ def beam_search(
             _check_rows(logits, B * K)
         dead = (alive_score == -math.inf).view(-1)  # (B*K,): padding beams, stopped rows
         logp = _next_logp(logits, alive_seq.view(B * K, t), dead, allowed)  # (B*K, V)
-        cand = (alive_score.unsqueeze(-1) + logp.view(B, K, V)).view(B, K * V)
+        # The best 2K of a row's K * V continuations are among each beam's own best 2K: rank
+        # those few instead of adding the beam scores to all K * V log-probs.
+        beam_logp, beam_token = logp.topk(per_beam, dim=1)  # (B*K, per_beam)
+        cand = (alive_score.unsqueeze(-1) + beam_logp.view(B, K, per_beam)).view(B, -1)
         cand_score, cand_index = cand.topk(n_cand, dim=1)  # (B, 2K), best first
-        origin, token = cand_index // V, cand_index % V  # beam it extends, token it appends
+        origin = cand_index // per_beam  # the beam it extends
+        token = beam_token.view(B, -1).gather(1, cand_index)  # the token it appends
         seq = torch.cat(
             [alive_seq.gather(1, origin.unsqueeze(-1).expand(-1, -1, t)), token.unsqueeze(-1)],
             dim=-1,

@@ -131,10 +131,17 @@ class CrossAttention(nn.Module):
         return split_heads(k, self.num_heads), split_heads(v, self.num_heads)  # (B, H, S, Dh)
 
     def forward(self, x: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor) -> Tensor:
-        q = split_heads(self.q(x), self.num_heads)  # (B, H, T, Dh)
+        # x (N, T, C); k, v (M, H, S, Dh), attn_mask (M, 1, 1, S), with N a multiple of M:
+        # G = N // M consecutive rows (the beams of one sentence) read one memory row, whose
+        # K/V are then stored and read once instead of copied for every beam.
+        q = split_heads(self.q(x), self.num_heads)  # (N, H, T, Dh)
+        N, H, T, Dh = q.shape
+        G = N // k.size(0)
+        q = q.view(-1, G, H, T, Dh).transpose(1, 2).reshape(-1, H, G * T, Dh)  # (M, H, G*T, Dh)
         p = self.attention_dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
-        return self.out(merge_heads(y))  # (B, T, C)
+        y = y.view(-1, H, G, T, Dh).transpose(1, 2).reshape(N, H, T, Dh)
+        return self.out(merge_heads(y))  # (N, T, C)
 
 
 class FeedForward(nn.Module):
@@ -199,15 +206,19 @@ class KVCache:
     """Decoder state for incremental decoding, one entry per decoder layer.
 
     Self-attention K/V are preallocated to `max_length` and filled one position per
-    `decode_step`; cross-attention K/V are projected from the memory once.
+    `decode_step`; cross-attention K/V are projected from the memory once and kept at one row
+    per source sentence (M rows): decoder row n reads memory row n // group. Beam search
+    expands each sentence to `group` consecutive beam rows and reorders beams only within
+    their sentence, so the memory side is never copied.
     """
 
-    self_k: list[Tensor]  # per layer (B, H, max_length, Dh)
-    self_v: list[Tensor]  # per layer (B, H, max_length, Dh)
-    cross_k: list[Tensor]  # per layer (B, H, S+1, Dh)
-    cross_v: list[Tensor]  # per layer (B, H, S+1, Dh)
-    memory_mask: Tensor  # (B, 1, 1, S+1) bool, True = may attend
+    self_k: list[Tensor]  # per layer (N, H, max_length, Dh)
+    self_v: list[Tensor]  # per layer (N, H, max_length, Dh)
+    cross_k: list[Tensor]  # per layer (M, H, S+1, Dh)
+    cross_v: list[Tensor]  # per layer (M, H, S+1, Dh)
+    memory_mask: Tensor  # (M, 1, 1, S+1) bool, True = may attend
     length: int = 0  # decoder positions already in the cache
+    group: int = 1  # decoder rows per memory row: N = M * group
 
     @property
     def max_length(self) -> int:
@@ -215,14 +226,24 @@ class KVCache:
 
     @property
     def batch_size(self) -> int:
-        return self.memory_mask.size(0)
+        return self.memory_mask.size(0) * self.group
 
     def reorder(self, index: Tensor) -> None:
-        """Select batch rows in place: `index` (B',) long; for beam expansion and reordering."""
+        """Select decoder rows in place: `index` (N',) long; for beam expansion and reordering."""
         index = index.to(self.memory_mask.device)
-        for tensors in (self.self_k, self.self_v, self.cross_k, self.cross_v):
+        for tensors in (self.self_k, self.self_v):
             tensors[:] = [t.index_select(0, index) for t in tensors]
-        self.memory_mask = self.memory_mask.index_select(0, index)
+        memory_rows = index // self.group  # the memory row each new decoder row reads
+        M = self.memory_mask.size(0)
+        group, rest = divmod(index.numel(), M)
+        # One host sync: do the new rows still read their memory rows in consecutive groups?
+        if not (rest == 0 and torch.equal(
+                memory_rows, torch.arange(index.numel(), device=index.device) // group)):
+            for tensors in (self.cross_k, self.cross_v):
+                tensors[:] = [t.index_select(0, memory_rows) for t in tensors]
+            self.memory_mask = self.memory_mask.index_select(0, memory_rows)
+            group = 1
+        self.group = group
 
 
 class Transformer(nn.Module):

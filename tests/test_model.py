@@ -147,9 +147,16 @@ def test_cache_reorder_expands_batch_for_beams(model):
     cache = model.new_cache(memory, memory_pad_mask, T + 1)
     cache.reorder(beams)
     assert cache.batch_size == 2 * B
+    assert cache.cross_k[0].size(0) == B  # beams of a sentence share its memory K/V: no copy
     got = model.decode_step(None, cache, problem[beams])
     expected, _ = stepwise_decode(model, x, pad_mask, y, problem)
     torch.testing.assert_close(got, expected[beams, 0], atol=1e-5, rtol=0)
+    # A reorder that moves beams across sentences (not what beam search does) stays exact.
+    mixed = torch.tensor([5, 0, 2, 3, 1, 4])
+    cache.reorder(mixed)
+    rows = beams[mixed]
+    got = model.decode_step(y[rows, :1], cache, problem[rows])
+    torch.testing.assert_close(got, expected[rows, 1], atol=1e-5, rtol=0)
 
 
 def expected_body_parameters(c: ModelConfig) -> int:
