@@ -265,7 +265,7 @@ def beam_search(
     fin_score = torch.full((B, K), -math.inf, device=device)  # length-normalised, best first
     beam_base = torch.arange(B, device=device).unsqueeze(1) * K  # (B, 1): flat index of beam 0
     per_beam = min(2 * K, V)
-    n_cand = min(2 * K, K * per_beam)
+    n_cand = min(2 * K, K * V)
 
     def top(k: int, scores: torch.Tensor, seqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # scores (B, M), seqs (B, M, t) -> the k best of each, best first

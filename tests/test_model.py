@@ -126,6 +126,7 @@ def test_compiled_layers_compute_the_same_and_keep_checkpoint_keys(model):
     torch.testing.assert_close(stepwise, expected, rtol=1e-4, atol=1e-4)
 
 
+@torch.no_grad()
 def test_cache_reorder_matches_permuted_batch(model):
     x, pad_mask, y, problem = make_batch()
     perm = torch.tensor([2, 0, 1])
