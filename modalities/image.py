@@ -77,7 +77,8 @@ class ImageModality(Modality):
 
     def __init__(self, height: int = 32, max_width: int = 256, channels: int = 1,
                  patch_size: int | Sequence[int] = 4, augment: bool = False,
-                 elastic: float = 0.0, stem_channels: int = 0):
+                 elastic: float = 0.0, thickness: float = 0.0, stem_channels: int = 0,
+                 stem_layers: int = 2):
         if channels not in (1, 3):
             raise UserError(f"ImageModality channels must be 1 (grayscale) or 3 (RGB), "
                             f"got {channels}")
@@ -91,19 +92,28 @@ class ImageModality(Modality):
         if stem_channels and (patch_height % 2 or patch_width % 2):
             raise UserError(f"ImageModality: a convolutional stem halves the image, so the "
                             f"patch size ({patch_height}, {patch_width}) must be even")
+        if stem_channels and stem_layers < 2:
+            raise UserError(f"ImageModality: stem_layers must be at least 2 (one convolution "
+                            f"at full size, one that halves it), got {stem_layers}")
         self.height, self.max_width, self.channels = height, max_width, channels
         # Width of a small convolutional stem before the patch embedding (a hybrid ViT,
         # Dosovitskiy et al. 2021): 3x3 convolutions see strokes wherever they fall in a
         # patch, which a linear patch embedding must learn position by position. 0: none.
-        self.stem_channels = stem_channels
+        # stem_layers: 2 (full size, then halving) or more, the rest at half size: each one
+        # widens what a patch embedding sees by 4 pixels of the original image.
+        self.stem_channels, self.stem_layers = stem_channels, stem_layers
         self.patch_height, self.patch_width, self.augment = patch_height, patch_width, augment
         # With augment: pixels of smooth random displacement (elastic distortion, Simard et al.
         # 2003), which varies the strokes themselves where an affine map moves them rigidly.
         self.elastic = elastic
+        # With augment: the chance that strokes get a pixel thicker or thinner (dilation or
+        # erosion, half each): pens and scans vary in line width, which no warp changes.
+        self.thickness = thickness
 
     @property
     def key(self) -> str:
         stem = f":s{self.stem_channels}" if self.stem_channels else ""
+        stem += f"x{self.stem_layers}" if self.stem_channels and self.stem_layers != 2 else ""
         return (f"image:{self.channels}x{self.height}x{self.max_width}:"
                 f"p{self.patch_height}x{self.patch_width}{stem}")
 
@@ -135,6 +145,8 @@ class ImageModality(Modality):
             image = self._augmentation()(image)
             if self.elastic:
                 image = elastic_warp(image, self.elastic)
+            if self.thickness and torch.rand(()) < self.thickness:
+                image = change_thickness(image, thicker=bool(torch.rand(()) < 0.5))
         if height < self.height:  # images wider than max_width: pad below
             image = F.pad(image, [0, 0, 0, self.height - height])
         return image
@@ -176,7 +188,7 @@ class ImageModality(Modality):
         patch = (self.patch_height, self.patch_width)
         return ImagePatches(self.channels, patch, d_model, rows=self.height // patch[0],
                             columns=self.max_width // patch[1],
-                            stem_channels=self.stem_channels)
+                            stem_channels=self.stem_channels, stem_layers=self.stem_layers)
 
 
 def elastic_warp(image: torch.Tensor, pixels: float, cell: int = 8) -> torch.Tensor:
@@ -197,6 +209,14 @@ def elastic_warp(image: torch.Tensor, pixels: float, cell: int = 8) -> torch.Ten
     return warped.round().clamp(0, 255).to(torch.uint8)
 
 
+def change_thickness(image: torch.Tensor, thicker: bool) -> torch.Tensor:
+    """(C, H, W) uint8 with bright strokes a pixel thicker (a 2x2 maximum filter) or
+    thinner (minimum); dark strokes on a light ground the other way round."""
+    x = nn.functional.pad(image[None].float(), (0, 1, 0, 1), mode="replicate")
+    sign = 1.0 if thicker else -1.0
+    return (sign * nn.functional.max_pool2d(sign * x, 2, stride=1))[0].to(torch.uint8)
+
+
 class ImagePatches(nn.Module):
     """(B, C, H, W) uint8 -> (B, cols*rows, d_model) patch embeddings with 2-D positions.
 
@@ -206,13 +226,15 @@ class ImagePatches(nn.Module):
     got below the prior's loss, where with the norm it memorised them in 60 steps."""
 
     def __init__(self, channels: int, patch_size: tuple[int, int], d_model: int, rows: int,
-                 columns: int, stem_channels: int = 0):
+                 columns: int, stem_channels: int = 0, stem_layers: int = 2):
         super().__init__()
         self.patch_height, self.patch_width = patch_size
         self.stem = nn.ModuleList()
         if stem_channels:  # full resolution, then half: the patch embedding reads half-size
             self.stem.append(nn.Conv2d(channels, stem_channels, 3, padding=1))
             self.stem.append(nn.Conv2d(stem_channels, stem_channels, 3, stride=2, padding=1))
+            for _ in range(stem_layers - 2):
+                self.stem.append(nn.Conv2d(stem_channels, stem_channels, 3, padding=1))
             channels, patch_size = stem_channels, (patch_size[0] // 2, patch_size[1] // 2)
         self.project = nn.Conv2d(channels, d_model, kernel_size=patch_size, stride=patch_size)
         self.norm = nn.LayerNorm(d_model)

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 import problems.mnist
-from modalities.image import ImageModality
+from modalities.image import ImageModality, change_thickness
 from problems.image_text import ImageTextFolder, read_metadata
 from problems.mnist import MnistDigitStrings, compose, read_csv, read_idx
 from problems.ocr import ALPHABET, OcrRenderedText, random_text
@@ -207,9 +207,10 @@ def test_collate_masks_exactly_the_padding_columns_in_reading_order():
         assert (batch[i, :, :, width:] == 0).all()
 
 
-@pytest.mark.parametrize("stem_channels", [0, 8])
-def test_bottom_embeds_patches_and_keeps_the_mask(stem_channels):
-    modality = ImageModality(**{**MODALITY, "channels": 3, "stem_channels": stem_channels})
+@pytest.mark.parametrize("stem_channels, stem_layers", [(0, 2), (8, 2), (8, 4)])
+def test_bottom_embeds_patches_and_keeps_the_mask(stem_channels, stem_layers):
+    modality = ImageModality(**{**MODALITY, "channels": 3, "stem_channels": stem_channels,
+                                "stem_layers": stem_layers})
     images = [modality.load(modality.encode(noise(16, w, channels=3, seed=w)))
               for w in (40, 12)]
     batch, mask = modality.collate(images)
@@ -232,6 +233,25 @@ def test_a_convolutional_stem_is_in_the_key_and_needs_an_even_patch():
                                     .parameters())
     with pytest.raises(UserError, match="even"):
         ImageModality(height=15, max_width=30, patch_size=(15, 6), stem_channels=8)
+
+
+def test_a_deeper_stem_is_in_the_key_and_has_at_least_two_layers():
+    two, four = (ImageModality(**MODALITY, stem_channels=8, stem_layers=n) for n in (2, 4))
+    assert two.key == ImageModality(**MODALITY, stem_channels=8).key != four.key
+    assert len(four.bottom(24).stem) == 4
+    with pytest.raises(UserError, match="stem_layers must be at least 2"):
+        ImageModality(**MODALITY, stem_channels=8, stem_layers=1)
+
+
+@pytest.mark.parametrize("ink", [255, 0])
+def test_thickness_adds_or_removes_a_pixel_of_stroke_either_polarity(ink):
+    image = torch.full((1, 12, 12), 255 - ink, dtype=torch.uint8)
+    image[0, 2:10, 5:7] = ink  # a stroke two pixels wide
+    def stroke_width(x):
+        return int((x[0, 5] == ink).sum())
+    assert stroke_width(change_thickness(image, thicker=ink == 255)) == 3
+    assert stroke_width(change_thickness(image, thicker=ink != 255)) == 1
+    assert change_thickness(image, thicker=True).dtype == torch.uint8
 
 
 @pytest.mark.parametrize("modality_augment, load_augment", [(True, True), (True, False),
