@@ -753,7 +753,8 @@ def test_train_then_decode_one_image(tmp_path, mnist_dir):
     run_dir = tmp_path / "run"
     result = run_command(
         "t2t-train", "problem=mnist_digit_strings", f"problem.raw_dir={mnist_dir}",
-        "problem.train_size=200", "problem.eval_size=20", "model=tiny", "trainer.max_steps=5",
+        "problem.train_size=200", "problem.eval_size=20", "problem.stem_layers=3",
+        "model=tiny", "trainer.max_steps=5",
         "trainer.val_check_interval=5", "trainer.enable_progress_bar=false",
         "data.num_workers=0", "data.max_tokens=8192", f"data_dir={tmp_path / 'data'}",
         f"run_dir={run_dir}", cwd=tmp_path, timeout=280)
@@ -771,3 +772,12 @@ def test_train_then_decode_one_image(tmp_path, mnist_dir):
     lines = decoded_run.stdout.splitlines()
     assert len(lines) == 1, decoded_run.stdout[-2000:]  # one image in, one prediction out
     assert set(lines[0]) <= set("0123456789")
+
+    # A training option (the deeper stem) comes with the checkpoint: eval needs only the
+    # options that made the shards.
+    evaluated = run_command("t2t-eval", "problem=mnist_digit_strings",
+                            f"problem.raw_dir={mnist_dir}",
+                            "problem.train_size=200", "problem.eval_size=20", f"ckpt={checkpoint}",
+                            f"data_dir={tmp_path / 'data'}", cwd=tmp_path, timeout=120)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "test: 20 examples" in evaluated.stdout and "exact_match" in evaluated.stdout
