@@ -558,6 +558,21 @@ def mnist_dir() -> Path:
     return MNIST_DIR
 
 
+def test_a_checkpoint_records_the_stem_it_trained_not_the_one_that_wrote_the_shards(
+        tmp_path, mnist_dir):
+    from t2t.cli.train import checkpoint_info
+    from t2t.inference import _rebuild_problem
+    from t2t.model import ModelConfig
+
+    small = {"raw_dir": str(mnist_dir), "train_size": 20, "eval_size": 5}
+    deep, plain = MnistDigitStrings(**small, stem_layers=3), MnistDigitStrings(**small)
+    problem_dir = generate(deep, tmp_path)
+    assert generate(plain, tmp_path) == problem_dir  # a training option: the same shards
+    spec = checkpoint_info([plain], [problem_dir], ModelConfig())["problems"][0]
+    assert spec["keys"]["inputs"] == plain.inputs.key != deep.inputs.key
+    assert _rebuild_problem(spec).inputs.key == plain.inputs.key  # what t2t-eval does
+
+
 def digest(image: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
 

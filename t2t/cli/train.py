@@ -22,8 +22,10 @@ def checkpoint_info(problems: list[Any], problem_dirs: list[Path], model_config:
         meta = read_meta(problem_dir)
         vocab = {role: {"file": m["vocab"], "data": (problem_dir / m["vocab"]).read_bytes()}
                  for role, m in meta["modalities"].items() if m.get("vocab")}
+        # The keys of the modalities the model is built from: the shards' meta.json may have
+        # been written by a run with other training options (a deeper image stem).
         specs.append({"name": problem.name, "options": problem.options, "vocab": vocab,
-                      "keys": {r: m["key"] for r, m in meta["modalities"].items()}})
+                      "keys": {r: getattr(problem, r).key for r in meta["modalities"]}})
     return {"problems": specs, "model": dataclasses.asdict(model_config)}
 
 
