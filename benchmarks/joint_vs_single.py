@@ -7,7 +7,9 @@ record of its batches), with the same experiment settings: a one-member mixture.
 evaluated on each member's test split; the table gives member x {single, joint}.
 
     python benchmarks/joint_vs_single.py --steps 20000 [--data-dir data]
-        [--run-root outputs/bench-joint] [--model small]
+        [--run-root outputs/bench-joint] [--model small] [overrides ...]
+
+Extra key=value overrides (data.max_tokens=2048, ...) go to every training run alike.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def train(members: list[str], steps: int, run_dir: Path, args, record: bool = Fa
                f"problem.members=[{','.join(members)}]", f"model={args.model}",
                f"trainer.max_steps={steps}", f"trainer.val_check_interval={min(steps, 1000)}",
                "trainer.enable_progress_bar=false", f"data_dir={args.data_dir}",
-               f"run_dir={run_dir}"]
+               f"run_dir={run_dir}", *args.overrides]
     if record:
         command.append(f"record_samples={run_dir / 'batches'}")
     run(command)
@@ -62,6 +64,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--run-root", default="outputs/bench-joint")
     parser.add_argument("--beam-size", type=int, default=1)
+    parser.add_argument("overrides", nargs="*", help="extra t2t-train overrides (key=value)")
     args = parser.parse_args()
     root = Path(args.run_root)
 
