@@ -30,12 +30,13 @@ def records(folder: Path) -> dict[int, list[tuple[int, int, list[str]]]]:
 
 def test_train_then_decode_and_eval(tmp_path):
     run_dir = tmp_path / "run"
-    result = run_command("t2t-train", *FAST, f"data_dir={tmp_path / 'data'}",
+    result = run_command("t2t-train", *FAST, "checkpoint_every=20", f"data_dir={tmp_path / 'data'}",
                          f"run_dir={run_dir}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "metrics after 30 steps" in result.stdout and "exact_match" in result.stdout
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    assert checkpoint.is_file()
+    # The final step, not the one of the last periodic checkpoint (20).
+    assert torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"] == 30
 
     decoded = run_command("t2t-decode", "problem=algorithmic_reverse", f"ckpt={checkpoint}",
                           "input=12345", "decode.beam_size=2", cwd=tmp_path)

@@ -44,13 +44,13 @@ def shards_for(problem: Any, config: Any) -> Path:
 def train(config: Any) -> None:
     import hydra
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from t2t.checkpoints import (
         AtomicCheckpointIO,
         CheckpointOnSigterm,
+        StepCheckpoints,
         WeightEMA,
         resumable_checkpoint,
     )
@@ -77,7 +77,7 @@ def train(config: Any) -> None:
                                **config.data)
 
     run_dir = Path(config.run_dir)
-    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True,
+    checkpoints = StepCheckpoints(dirpath=run_dir / "checkpoints", save_last=True,
                                   every_n_train_steps=config.checkpoint_every)
     last = run_dir / "checkpoints" / "last.ckpt"
     averaging = [WeightEMA(config.ema_decay)] if config.ema_decay is not None else []
