@@ -52,9 +52,9 @@ def train_and_evaluate(problem: list[str], train: list[str], *, minutes: float, 
 
 
 def evaluate(problem: list[str], checkpoint: Path, *, data_dir: str, beam_size: int,
-             split: str = "test") -> dict[str, float]:
+             split: str = "test", extra: tuple[str, ...] = ()) -> dict[str, float]:
     """`t2t-eval` of one problem (a mixture's member too) -> {metric: value}."""
     output = run([script("t2t-eval"), *problem, f"data_dir={data_dir}", f"ckpt={checkpoint}",
-                  f"split={split}", f"decode.beam_size={beam_size}"])
+                  f"split={split}", f"decode.beam_size={beam_size}", *extra])
     return {name: float(value) for name, value in
             re.findall(r"│ (\w+)\s+│\s+([\d.]+)", output)}

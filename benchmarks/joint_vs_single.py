@@ -4,7 +4,12 @@ training steps and model size.
 The joint model trains --steps steps on the mixture; every member's single model then trains
 exactly as many steps as the joint model spent on that member (counted from the joint run's
 record of its batches), with the same experiment settings: a one-member mixture. All are
-evaluated on each member's test split; the table gives member x {single, joint}.
+evaluated on each member's test split; the table gives member x {single, joint}. RNA designs
+are the model's own (decode.best_of=0): verifier-guided search would spend up to 10 s per
+puzzle and solve puzzles whatever the model, hiding the difference this measures.
+
+Rerunning with the same --run-root reuses finished training runs (t2t-train resumes them at
+their last step) and evaluates again.
 
     python benchmarks/joint_vs_single.py --steps 20000 [--data-dir data]
         [--run-root outputs/bench-joint] [--model small] [overrides ...]
@@ -29,6 +34,8 @@ MEMBERS = [
     ("rna_design", None, "solved", True),
 ]
 
+MODEL_ONLY = ("decode.best_of=0",)  # beam search (greedy at beam 1), no verifier search
+
 
 def member_option(name: str, raw: str | None) -> str:
     if raw and (SHARED / raw).is_dir():
@@ -49,12 +56,14 @@ def train(members: list[str], steps: int, run_dir: Path, args, record: bool = Fa
 
 
 def steps_per_member(record_dir: Path) -> collections.Counter:
-    """Training steps the joint run spent on each member index (one batch = one member)."""
-    counts: collections.Counter = collections.Counter()
+    """Training steps the joint run spent on each member index (one batch = one member). A
+    resumed run records the steps it replays from its checkpoint again: each counts once."""
+    member_at_step = {}
     with open(record_dir / "rank0.tsv") as f:
         for line in f:
-            counts[int(line.split("\t")[2])] += 1
-    return counts
+            _, step, member = line.split("\t")[:3]
+            member_at_step[int(step)] = int(member)
+    return collections.Counter(member_at_step.values())
 
 
 def main() -> None:
@@ -78,10 +87,10 @@ def main() -> None:
         if raw and (SHARED / raw).is_dir():
             problem.append(f"problem.raw_dir={SHARED / raw}")
         joint = evaluate(problem, joint_ckpt, data_dir=args.data_dir,
-                         beam_size=args.beam_size)[metric]
+                         beam_size=args.beam_size, extra=MODEL_ONLY)[metric]
         single_ckpt = train([options[index]], shares[index], root / name, args)
         single = evaluate(problem, single_ckpt, data_dir=args.data_dir,
-                          beam_size=args.beam_size)[metric]
+                          beam_size=args.beam_size, extra=MODEL_ONLY)[metric]
         gain = (joint - single) if higher_is_better else (single - joint)
         relative = gain / abs(single) if single else float("nan")
         rows.append((name, metric, shares[index], single, joint, relative))
