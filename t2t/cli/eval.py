@@ -24,14 +24,14 @@ def evaluate(config: Any) -> None:
     # checkpoint's vocabulary (checked below).
     shards_problem = build_problem(config.problem)
     index = select_problem(problems, shards_problem.name, config.ckpt, shards_problem)
-    trained = problems[index]
-    if trained.name == shards_problem.name:
+    problem = problems[index]
+    if problem.name == shards_problem.name:
         # Training options (an image stem, a CTC weight) leave the shards as they are but
         # may shape the model: they come from the checkpoint, not the command line.
-        kept = {k: trained.options[k] for k in type(trained).training_options
-                if k in trained.options}
-        shards_problem = type(trained)(**{**shards_problem.options, **kept})
-    problem = problems[index] if problems[index].name == shards_problem.name else shards_problem
+        kept = {k: problem.options[k] for k in problem.training_options if k in problem.options}
+        shards_problem = type(problem)(**{**shards_problem.options, **kept})
+    else:  # a benchmark problem the checkpoint's problem stands in for (select_problem)
+        problem = shards_problem
     problem_dir = generate(shards_problem, config.data_dir, **config.datagen)
     for role in ("inputs", "targets"):
         if getattr(shards_problem, role).key != getattr(problem, role).key:
