@@ -99,6 +99,9 @@ class AudioModality(Modality):
     freq_warp: in training, each utterance's mel axis is stretched or squeezed by a factor
     drawn from [1 - freq_warp, 1 + freq_warp] (vocal tract length perturbation, Jaitly and
     Hinton 2013): other formant positions at the same speed, unlike speed_perturb.
+    noise_snr_db: [low, high]: in training, white noise is added to each utterance at a
+    signal-to-noise ratio drawn from that range (dB, against the utterance's own RMS): other
+    recording conditions, and silences that are never digitally silent.
     """
 
     kind = "audio"
@@ -108,7 +111,7 @@ class AudioModality(Modality):
                  hop_ms: float = 10.0, conv_channels: int = 32, spec_augment: bool = True,
                  freq_masks: int = 2, freq_mask_width: int = 15, time_masks: int = 2,
                  time_mask_width: int = 10, speed_perturb: Sequence[float] = (),
-                 freq_warp: float = 0.0):
+                 freq_warp: float = 0.0, noise_snr_db: Sequence[float] = ()):
         if any(not 0.5 <= factor <= 2.0 for factor in speed_perturb):
             raise UserError(f"AudioModality speed_perturb factors must be between 0.5 and 2, "
                             f"got {list(speed_perturb)}")
@@ -116,6 +119,11 @@ class AudioModality(Modality):
         if not 0.0 <= freq_warp < 0.5:
             raise UserError(f"AudioModality freq_warp must be in [0, 0.5), got {freq_warp}")
         self.freq_warp = float(freq_warp)
+        if len(noise_snr_db) not in (0, 2) or (noise_snr_db and
+                                                noise_snr_db[0] > noise_snr_db[1]):
+            raise UserError(f"AudioModality noise_snr_db must be [low, high] in dB (or empty "
+                            f"for no noise), got {list(noise_snr_db)}")
+        self.noise_snr_db = [float(db) for db in noise_snr_db]
         self.sample_rate, self.num_mels, self.conv_channels = sample_rate, num_mels, conv_channels
         self.window = round(sample_rate * window_ms / 1000)  # samples
         self.hop = round(sample_rate * hop_ms / 1000)
@@ -151,14 +159,21 @@ class AudioModality(Modality):
 
     def load(self, data: bytes, augment: bool = False) -> torch.Tensor:
         """(N,) float32 waveform at sample_rate; in training, at a random speed from
-        speed_perturb (SpecAugment happens on the device)."""
+        speed_perturb and with noise at a random SNR from noise_snr_db (SpecAugment happens
+        on the device)."""
         import soundfile
 
         waveform, rate = soundfile.read(io.BytesIO(data), dtype="float32")
         if augment and self.speed_perturb:
             factor = self.speed_perturb[int(torch.randint(len(self.speed_perturb), ()))]
             rate = round(rate * factor)  # played faster (factor > 1) or slower: N / factor
-        return torch.from_numpy(resample(waveform, rate, self.sample_rate))
+        waveform = torch.from_numpy(resample(waveform, rate, self.sample_rate))
+        if augment and self.noise_snr_db:
+            low, high = self.noise_snr_db
+            snr_db = low + (high - low) * float(torch.rand(()))
+            rms = waveform.square().mean().sqrt()
+            waveform = waveform + torch.randn_like(waveform) * rms * 10 ** (-snr_db / 20)
+        return waveform
 
     def length(self, data: bytes) -> int:
         import soundfile

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import random
 from pathlib import Path
 
@@ -98,6 +99,22 @@ def test_speed_perturbation_only_in_training_changes_duration_by_a_listed_factor
     spectrum = np.abs(np.fft.rfft(slow.numpy()))  # slower is lower: 500 Hz -> 450 Hz
     assert abs(np.argmax(spectrum) * 8000 / len(slow) - 450) < 5
     assert len(AudioModality(sample_rate=8000).load(encoded, augment=True)) == 8000  # none
+
+
+def test_noise_is_added_only_in_training_at_an_snr_from_the_range():
+    modality = AudioModality(sample_rate=8000, num_mels=40, noise_snr_db=[10, 20])
+    clean = tone(1.0, 8000, pitch=500)
+    encoded = modality.encode((clean, 8000))
+    stored = modality.load(encoded)
+    assert torch.equal(modality.load(encoded), stored)  # evaluation: as stored
+    torch.manual_seed(0)
+    signal = stored.square().mean()
+    snrs = [10 * math.log10(signal / (modality.load(encoded, augment=True) - stored)
+                            .square().mean()) for _ in range(20)]
+    assert all(9.5 < snr < 20.5 for snr in snrs), snrs
+    assert max(snrs) - min(snrs) > 3  # drawn per utterance, not fixed
+    with pytest.raises(UserError, match="noise_snr_db"):
+        AudioModality(noise_snr_db=[20, 10])
 
 
 def test_speed_perturbation_factors_are_checked():
