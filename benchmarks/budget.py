@@ -41,6 +41,8 @@ def train_and_evaluate(problem: list[str], train: list[str], *, minutes: float, 
     run([script("t2t-train"), *common, *train, f"trainer.max_time={hms(minutes)}",
          "trainer.enable_progress_bar=false", f"run_dir={run_dir}"])
     train_minutes = (time.perf_counter() - start) / 60
+    # Problem options among the overrides may shape the shards: evaluate the same problem.
+    problem = [*problem, *(o for o in train if o.startswith("problem."))]
     scores = evaluate(problem, Path(run_dir) / "checkpoints" / "last.ckpt", data_dir=data_dir,
                       beam_size=beam_size, split=split)
     logs = sorted(Path(run_dir, "csv").glob("version_*/metrics.csv"))[-1]
