@@ -119,8 +119,7 @@ class AudioModality(Modality):
         if not 0.0 <= freq_warp < 0.5:
             raise UserError(f"AudioModality freq_warp must be in [0, 0.5), got {freq_warp}")
         self.freq_warp = float(freq_warp)
-        if len(noise_snr_db) not in (0, 2) or (noise_snr_db and
-                                                noise_snr_db[0] > noise_snr_db[1]):
+        if noise_snr_db and (len(noise_snr_db) != 2 or noise_snr_db[0] > noise_snr_db[1]):
             raise UserError(f"AudioModality noise_snr_db must be [low, high] in dB (or empty "
                             f"for no noise), got {list(noise_snr_db)}")
         self.noise_snr_db = [float(db) for db in noise_snr_db]
