@@ -97,18 +97,21 @@ class T2TLitModule(L.LightningModule):
         (hybrid CTC/attention, Kim, Hori and Watanabe 2017)."""
         problem = batch["problem"]
         memory, memory_pad = self.model.encode(problem, batch["inputs"], batch["inputs_pad"])
-        logits = self.model.teacher_forced(problem, memory, memory_pad,
-                                           batch["targets"])  # (B, T+1, V)
+        hidden = self.model.decoder_states(problem, memory, memory_pad,
+                                           batch["targets"])  # (B, T+1, C)
         labels = add_eos(batch["targets"])  # (B, T+1)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
-                               ignore_index=PAD, label_smoothing=label_smoothing)
+        # The softmax only where there is a label: padding rows would be computed and ignored.
+        labelled = labels != PAD
+        logits = self.model.logits(problem, hidden[labelled])  # (N, V)
+        loss = F.cross_entropy(logits.float(), labels[labelled],
+                               label_smoothing=label_smoothing)
         if ctc_weight:
             log_probs = self.model.encoder_logits(problem, memory).float().log_softmax(-1)
             ctc = F.ctc_loss(log_probs.transpose(0, 1), batch["targets"],
                              (~memory_pad).sum(dim=1), (batch["targets"] != PAD).sum(dim=1),
                              blank=PAD, zero_infinity=True)  # inputs too short to align: 0
             loss = (1.0 - ctc_weight) * loss + ctc_weight * ctc
-        return loss, int((labels != PAD).sum())
+        return loss, int(labelled.sum())
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         ctc_weight = self.problems[batch["problem"]].ctc_weight

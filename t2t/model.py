@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from t2t.decoding import PAD
+
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
 
 
@@ -155,6 +157,16 @@ class FeedForward(nn.Module):
         return self.down(self.activation(self.up(x)))
 
 
+def add_on_rows(x: Tensor, f, rows: Tensor | None) -> Tensor:
+    """x + f(x) for a position-wise f, computed only at `rows` (flat indices into the B*T
+    positions; None: all). Padding positions keep x unchanged: nothing reads them (attention
+    masks them, the loss skips them), so the feed-forward block need not spend FLOPs there."""
+    if rows is None:
+        return x + f(x)
+    flat = x.flatten(0, 1)
+    return flat.index_add(0, rows, f(flat.index_select(0, rows))).view_as(x)
+
+
 class EncoderLayer(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -165,12 +177,11 @@ class EncoderLayer(nn.Module):
         self.ff = FeedForward(c.d_model, c.d_ff, c.activation)
         self.drop = nn.Dropout(c.dropout)
 
-    def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Tensor, rows: Tensor | None = None) -> Tensor:
         # Pre-norm: the residual stream is never normalised, which keeps deep stacks stable
         # without learning-rate warmup tricks; the stack's final LayerNorm cleans up.
         x = x + self.drop(self.attn(self.norm1(x), attn_mask=attn_mask))
-        x = x + self.drop(self.ff(self.norm2(x)))
-        return x  # (B, S, C)
+        return add_on_rows(x, lambda h: self.drop(self.ff(self.norm2(h))), rows)  # (B, S, C)
 
 
 class DecoderLayer(nn.Module):
@@ -186,12 +197,12 @@ class DecoderLayer(nn.Module):
         self.drop = nn.Dropout(c.dropout)
 
     def forward(self, x: Tensor, memory_kv: tuple[Tensor, Tensor], memory_mask: Tensor,
-                cache: tuple[Tensor, Tensor] | None = None) -> Tensor:
+                cache: tuple[Tensor, Tensor] | None = None, rows: Tensor | None = None
+                ) -> Tensor:
         # Teacher forcing over all T positions at once; is_causal lets SDPA pick fused kernels.
         x = x + self.drop(self.self_attn(self.norm1(x), is_causal=True, cache=cache))
         x = x + self.drop(self.cross_attn(self.norm2(x), *memory_kv, attn_mask=memory_mask))
-        x = x + self.drop(self.ff(self.norm3(x)))
-        return x  # (B, T, C)
+        return add_on_rows(x, lambda h: self.drop(self.ff(self.norm3(h))), rows)  # (B, T, C)
 
     def step(self, x: Tensor, k_cache: Tensor, v_cache: Tensor, pos: int,
              memory_kv: tuple[Tensor, Tensor], memory_mask: Tensor) -> Tensor:
@@ -312,12 +323,13 @@ class Transformer(nn.Module):
         pad_mask = torch.cat([pad_mask.new_zeros(B, 1), pad_mask.bool()], dim=1)  # (B, S+1)
         attn_mask = ~pad_mask[:, None, None, :]  # (B, 1, 1, S+1), True = attend
         x = self._add_positions(x)
+        rows = (~pad_mask).flatten().nonzero().squeeze(1)  # real positions, for add_on_rows
         for layer in self.encoder:
-            x = layer(x, attn_mask)
+            x = layer(x, attn_mask, rows)
         return self.encoder_norm(x), pad_mask
 
     def decode(self, y: Tensor, memory: Tensor, memory_pad_mask: Tensor, problem: Tensor,
-               cache: KVCache | None = None) -> Tensor:
+               cache: KVCache | None = None, pad_mask: Tensor | None = None) -> Tensor:
         """Teacher-forced decoder pass; the per-problem BOS is prepended here.
 
         y: (B, T, C) embedded target tokens 1..T (no BOS, no shift: pass the whole target).
@@ -332,8 +344,10 @@ class Transformer(nn.Module):
         x = self._add_positions(x)
         if cache is None:
             memory_mask = ~memory_pad_mask[:, None, None, :]  # (B, 1, 1, S+1)
+            rows = None if pad_mask is None else F.pad(~pad_mask, (1, 0), value=True
+                                                       ).flatten().nonzero().squeeze(1)
             for layer in self.decoder:
-                x = layer(x, layer.cross_attn.project_memory(memory), memory_mask)
+                x = layer(x, layer.cross_attn.project_memory(memory), memory_mask, rows=rows)
         else:
             if cache.length != 0:
                 raise ValueError("decode with a cache needs a fresh one (length 0)")
@@ -433,11 +447,19 @@ class T2TModel(nn.Module):
     def teacher_forced(self, problem: int, memory: Tensor, memory_pad: Tensor,
                        targets: Tensor) -> Tensor:
         """Decoder logits (B, T+1, V) over an encoded batch (see `forward`)."""
-        target_key = self.keys[problem][1]
-        y, _ = self.bottoms[target_key](targets)  # (B, T, C)
+        return self.logits(problem, self.decoder_states(problem, memory, memory_pad, targets))
+
+    def decoder_states(self, problem: int, memory: Tensor, memory_pad: Tensor,
+                       targets: Tensor) -> Tensor:
+        """Teacher-forced decoder hidden states (B, T+1, C), before the top."""
+        y, _ = self.bottoms[self.keys[problem][1]](targets)  # (B, T, C)
         problems = torch.full((y.shape[0],), problem, dtype=torch.long, device=y.device)
-        hidden = self.body.decode(y, memory, memory_pad, problems)  # (B, T+1, C)
-        return self.tops[target_key](hidden)  # (B, T+1, V)
+        return self.body.decode(y, memory, memory_pad, problems, pad_mask=targets == PAD)
+
+    def logits(self, problem: int, hidden: Tensor) -> Tensor:
+        """The problem's target top over hidden states (..., C) -> (..., V), position-wise:
+        the loss passes only the rows that have a label."""
+        return self.tops[self.keys[problem][1]](hidden)
 
     def encoder_logits(self, problem: int, memory: Tensor) -> Tensor:
         """Target-vocabulary logits (B, S+1, V) at every encoder position, through the same

@@ -91,6 +91,43 @@ def test_encoder_padding_does_not_change_outputs(model):
 
 
 @torch.no_grad()
+def test_target_padding_does_not_change_real_positions(model):
+    # With the target padding given, the feed-forward blocks skip padded positions; the
+    # positions that predict a token must come out as if each row were decoded alone.
+    x, pad_mask, y, problem = make_batch()
+    target_pad = torch.arange(T)[None, :] >= torch.tensor([T, 3, 1])[:, None]  # (B, T)
+    memory, memory_pad_mask = model.encode(x, pad_mask, problem)
+    padded = model.decode(y, memory, memory_pad_mask, problem, pad_mask=target_pad)
+    for i, length in enumerate([T, 3, 1]):
+        alone = model.decode(y[i : i + 1, :length], memory[i : i + 1],
+                             memory_pad_mask[i : i + 1], problem[i : i + 1])
+        torch.testing.assert_close(padded[i, : length + 1], alone[0], atol=1e-5, rtol=0)
+
+
+def test_loss_is_label_smoothed_cross_entropy_over_the_labelled_positions():
+    from problems.algorithmic import AlgorithmicReverse
+    from t2t.decoding import PAD
+    from t2t.lit_module import T2TLitModule, add_eos
+    from t2t.model import T2TModel
+
+    problem = AlgorithmicReverse()
+    torch.manual_seed(0)
+    lit = T2TLitModule(T2TModel(PRESETS["tiny"], [(problem.inputs, problem.targets)]),
+                       [problem]).eval()
+    inputs = torch.tensor([[5, 6, 7, 8], [9, 5, 0, 0]])
+    targets = torch.tensor([[8, 7, 6, 5], [5, 9, 0, 0]])
+    batch = {"problem": 0, "inputs": inputs, "inputs_pad": inputs == PAD, "targets": targets}
+    with torch.no_grad():
+        loss, tokens = lit.loss(batch, label_smoothing=0.1)
+        logits = lit.model(0, inputs, inputs == PAD, targets)  # (B, T+1, V), every position
+    expected = torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1), add_eos(targets).flatten(), ignore_index=PAD,
+        label_smoothing=0.1)
+    assert tokens == 4 + 1 + 2 + 1  # the tokens and each row's EOS
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
 def test_fully_padded_input_gives_finite_outputs(model):
     x, pad_mask, y, problem = make_batch()
     pad_mask[1] = True  # the problem token is still there to attend to
