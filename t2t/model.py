@@ -83,6 +83,21 @@ def merge_heads(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(B, T, H * Dh)  # (B, T, C)
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout, with a cheaper mask on CPU: 16-bit random draws, four from each 64-bit
+    random integer, compared with a threshold (the rate is exact to 1/65536). PyTorch's CPU
+    dropout draws one Bernoulli sample per element, 7% of a CPU training step of `small`;
+    this mask costs under half as much. Elsewhere (CUDA's fused dropout), nn.Dropout as is."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or x.device.type != "cpu" or not 0 < self.p < 1:
+            return super().forward(x)
+        n = x.numel()
+        draws = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64)
+        keep = draws.view(torch.int16)[:n].view(x.shape) >= round(self.p * 65536) - 32768
+        return x * (keep * (1 / (1 - self.p))).to(x.dtype)
+
+
 class SelfAttention(nn.Module):
     def __init__(self, d_model: int, num_heads: int, attention_dropout: float):
         super().__init__()
@@ -175,7 +190,7 @@ class EncoderLayer(nn.Module):
         self.attn = SelfAttention(c.d_model, c.num_heads, c.attention_dropout)
         self.norm2 = nn.LayerNorm(c.d_model, eps=c.norm_eps)
         self.ff = FeedForward(c.d_model, c.d_ff, c.activation)
-        self.drop = nn.Dropout(c.dropout)
+        self.drop = Dropout(c.dropout)
 
     def forward(self, x: Tensor, attn_mask: Tensor, rows: Tensor | None = None) -> Tensor:
         # Pre-norm: the residual stream is never normalised, which keeps deep stacks stable
@@ -194,7 +209,7 @@ class DecoderLayer(nn.Module):
         self.cross_attn = CrossAttention(c.d_model, c.num_heads, c.attention_dropout)
         self.norm3 = nn.LayerNorm(c.d_model, eps=c.norm_eps)
         self.ff = FeedForward(c.d_model, c.d_ff, c.activation)
-        self.drop = nn.Dropout(c.dropout)
+        self.drop = Dropout(c.dropout)
 
     def forward(self, x: Tensor, memory_kv: tuple[Tensor, Tensor], memory_mask: Tensor,
                 cache: tuple[Tensor, Tensor] | None = None, rows: Tensor | None = None
@@ -270,7 +285,7 @@ class Transformer(nn.Module):
         self.encoder_norm = nn.LayerNorm(c.d_model, eps=c.norm_eps)
         self.decoder = nn.ModuleList(DecoderLayer(c) for _ in range(c.num_decoder_layers))
         self.decoder_norm = nn.LayerNorm(c.d_model, eps=c.norm_eps)
-        self.drop = nn.Dropout(c.dropout)
+        self.drop = Dropout(c.dropout)
         # Not persistent: it is a pure function of the config, no need to save it.
         self.register_buffer("positions", timing_signal(c.max_positions, c.d_model),
                              persistent=False)

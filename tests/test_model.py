@@ -231,3 +231,21 @@ def test_model_imports_without_lightning():
         "assert 'lightning' not in sys.modules and 'pytorch_lightning' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
+
+
+def test_dropout_drops_its_rate_scales_the_rest_and_is_off_in_eval():
+    from t2t.model import Dropout
+
+    torch.manual_seed(0)
+    dropout = Dropout(0.3)
+    x = torch.ones(1000, 999, requires_grad=True)  # an odd size: draws come four at a time
+    y = dropout(x)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 0.3) < 0.003
+    assert torch.allclose(y[y != 0], torch.tensor(1 / 0.7))
+    y.sum().backward()  # the gradient passes kept elements, scaled, and stops at dropped ones
+    torch.testing.assert_close(x.grad, y.detach())
+    assert not torch.equal(dropout(x), dropout(x))  # a fresh mask every call
+    assert dropout(x.bfloat16()).dtype == torch.bfloat16
+    dropout.eval()
+    assert torch.equal(dropout(x), x)
