@@ -139,7 +139,8 @@ class T2T:
     def decode(self, batch, length: int, beam: int):
         decoder = self.model.decoder(0)
         B = len(batch["inputs"])
-        state = decoder.start(batch["inputs"], batch["inputs_pad"], length)
+        # The cache sized as t2t-decode sizes it (decode.max_length), not to the 30 steps run.
+        state = decoder.start(batch["inputs"], batch["inputs_pad"], max(length, 256))
         no_eos = None
 
         def allowed(prefix):  # EOS banned: every hypothesis runs to `length` tokens

@@ -178,6 +178,23 @@ def test_cache_reorder_matches_permuted_batch(model):
 
 
 @torch.no_grad()
+def test_cache_reordered_after_every_step_stays_exact(model):
+    # As in beam search: a reorder (here with a row dropped and one doubled) after every
+    # step, each copying only the filled positions into the buffers the previous one left.
+    x, pad_mask, y, problem = make_batch()
+    expected, _ = stepwise_decode(model, x, pad_mask, y, problem)
+    memory, memory_pad_mask = model.encode(x, pad_mask, problem)
+    cache = model.new_cache(memory, memory_pad_mask, 64)  # far more room than gets filled
+    rows = torch.arange(B)  # the batch row whose history each cache row holds
+    model.decode_step(None, cache, problem)
+    for t, index in enumerate([[1, 2, 0], [0, 0, 2], [2, 1, 0], [1, 2, 2]]):
+        cache.reorder(torch.tensor(index))
+        rows = rows[index]
+        got = model.decode_step(y[rows, t : t + 1], cache, problem[rows])
+        torch.testing.assert_close(got, expected[rows, t + 1], atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
 def test_cache_reorder_expands_batch_for_beams(model):
     x, pad_mask, y, problem = make_batch()
     beams = torch.arange(B).repeat_interleave(2)  # B -> 2B, each row twice
