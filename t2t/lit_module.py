@@ -96,22 +96,23 @@ class T2TLitModule(L.LightningModule):
         which the attention decoder otherwise needs many more steps to discover
         (hybrid CTC/attention, Kim, Hori and Watanabe 2017)."""
         problem = batch["problem"]
+        labels = add_eos(batch["targets"]).flatten()  # (B * (T+1),)
+        # The decoder's feed-forward blocks and the softmax run only where there is a label.
+        # The indices first: on a GPU, nonzero waits for the queue, which is still empty here.
+        rows = (labels != PAD).nonzero().squeeze(1)  # (N,)
         memory, memory_pad = self.model.encode(problem, batch["inputs"], batch["inputs_pad"])
-        hidden = self.model.decoder_states(problem, memory, memory_pad,
-                                           batch["targets"])  # (B, T+1, C)
-        labels = add_eos(batch["targets"])  # (B, T+1)
-        # The softmax only where there is a label: padding rows would be computed and ignored.
-        labelled = labels != PAD
-        logits = self.model.logits(problem, hidden[labelled])  # (N, V)
-        loss = F.cross_entropy(logits.float(), labels[labelled],
-                               label_smoothing=label_smoothing)
+        hidden = self.model.decoder_states(problem, memory, memory_pad, batch["targets"],
+                                           rows=rows)  # (B, T+1, C)
+        logits = self.model.logits(problem, hidden.flatten(0, 1).index_select(0, rows))
+        loss = F.cross_entropy(logits.float(), labels.index_select(0, rows),
+                               label_smoothing=label_smoothing)  # (N, V) against (N,)
         if ctc_weight:
             log_probs = self.model.encoder_logits(problem, memory).float().log_softmax(-1)
             ctc = F.ctc_loss(log_probs.transpose(0, 1), batch["targets"],
                              (~memory_pad).sum(dim=1), (batch["targets"] != PAD).sum(dim=1),
                              blank=PAD, zero_infinity=True)  # inputs too short to align: 0
             loss = (1.0 - ctc_weight) * loss + ctc_weight * ctc
-        return loss, int(labelled.sum())
+        return loss, rows.numel()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         ctc_weight = self.problems[batch["problem"]].ctc_weight

@@ -20,8 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from t2t.decoding import PAD
-
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
 
 
@@ -357,7 +355,7 @@ class Transformer(nn.Module):
         return self.encoder_norm(x), pad_mask
 
     def decode(self, y: Tensor, memory: Tensor, memory_pad_mask: Tensor, problem: Tensor,
-               cache: KVCache | None = None, pad_mask: Tensor | None = None) -> Tensor:
+               cache: KVCache | None = None, rows: Tensor | None = None) -> Tensor:
         """Teacher-forced decoder pass; the per-problem BOS is prepended here.
 
         y: (B, T, C) embedded target tokens 1..T (no BOS, no shift: pass the whole target).
@@ -367,13 +365,13 @@ class Transformer(nn.Module):
         `targets + [EOS]`.
         With `cache` (fresh from `new_cache`), it also fills the cache, so `decode_step`
         can continue after y (decoding forced to start with a given prefix).
+        With `rows` (flat indices into the B * (T+1) positions: those with a label, i.e. BOS
+        and the real target tokens), the feed-forward blocks skip the others (padding).
         """
         x = torch.cat([self.bos(problem)[:, None, :].to(y.dtype), y], dim=1)  # (B, T+1, C)
         x = self._add_positions(x)
         if cache is None:
             memory_mask = ~memory_pad_mask[:, None, None, :]  # (B, 1, 1, S+1)
-            rows = None if pad_mask is None else F.pad(~pad_mask, (1, 0), value=True
-                                                       ).flatten().nonzero().squeeze(1)
             for layer in self.decoder:
                 x = layer(x, layer.cross_attn.project_memory(memory), memory_mask, rows=rows)
         else:
@@ -478,11 +476,12 @@ class T2TModel(nn.Module):
         return self.logits(problem, self.decoder_states(problem, memory, memory_pad, targets))
 
     def decoder_states(self, problem: int, memory: Tensor, memory_pad: Tensor,
-                       targets: Tensor) -> Tensor:
-        """Teacher-forced decoder hidden states (B, T+1, C), before the top."""
+                       targets: Tensor, rows: Tensor | None = None) -> Tensor:
+        """Teacher-forced decoder hidden states (B, T+1, C), before the top; with `rows`,
+        computed only there (see `Transformer.decode`)."""
         y, _ = self.bottoms[self.keys[problem][1]](targets)  # (B, T, C)
         problems = torch.full((y.shape[0],), problem, dtype=torch.long, device=y.device)
-        return self.body.decode(y, memory, memory_pad, problems, pad_mask=targets == PAD)
+        return self.body.decode(y, memory, memory_pad, problems, rows=rows)
 
     def logits(self, problem: int, hidden: Tensor) -> Tensor:
         """The problem's target top over hidden states (..., C) -> (..., V), position-wise:

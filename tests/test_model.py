@@ -92,12 +92,14 @@ def test_encoder_padding_does_not_change_outputs(model):
 
 @torch.no_grad()
 def test_target_padding_does_not_change_real_positions(model):
-    # With the target padding given, the feed-forward blocks skip padded positions; the
-    # positions that predict a token must come out as if each row were decoded alone.
+    # Given the labelled positions (BOS and the real tokens), the feed-forward blocks skip
+    # the others; the positions that predict a token must come out as if each row were
+    # decoded alone.
     x, pad_mask, y, problem = make_batch()
-    target_pad = torch.arange(T)[None, :] >= torch.tensor([T, 3, 1])[:, None]  # (B, T)
+    labelled = torch.arange(T + 1)[None, :] <= torch.tensor([T, 3, 1])[:, None]  # (B, T+1)
     memory, memory_pad_mask = model.encode(x, pad_mask, problem)
-    padded = model.decode(y, memory, memory_pad_mask, problem, pad_mask=target_pad)
+    padded = model.decode(y, memory, memory_pad_mask, problem,
+                          rows=labelled.flatten().nonzero().squeeze(1))
     for i, length in enumerate([T, 3, 1]):
         alone = model.decode(y[i : i + 1, :length], memory[i : i + 1],
                              memory_pad_mask[i : i + 1], problem[i : i + 1])
