@@ -231,12 +231,12 @@ class KVCache:
 
     Self-attention K/V are preallocated to `max_length` and filled one position per
     `decode_step`. A reorder copies only the filled positions, into the buffers the previous
-    reorder left (`spare`): the cache is sized for decode.max_length (256 by default), and
-    copying all of it, or into freshly allocated memory, every beam step made beam-4 decoding
-    of Multi30k 5x slower. Cross-attention K/V are projected from the memory once and kept at
-    one row per source sentence (M rows): decoder row n reads memory row n // group. Beam search
-    expands each sentence to `group` consecutive beam rows and reorders beams only within
-    their sentence, so the memory side is never copied.
+    reorder left (`spare_k`, `spare_v`): the cache is sized for decode.max_length (256 by
+    default), and copying all of it, or into freshly allocated memory, every beam step made
+    beam-4 decoding of Multi30k 5x slower. Cross-attention K/V are projected from the memory
+    once and kept at one row per source sentence (M rows): decoder row n reads memory row
+    n // group. Beam search expands each sentence to `group` consecutive beam rows and
+    reorders beams only within their sentence, so the memory side is never copied.
     """
 
     self_k: list[Tensor]  # per layer (N, H, max_length, Dh)
@@ -246,7 +246,13 @@ class KVCache:
     memory_mask: Tensor  # (M, 1, 1, S+1) bool, True = may attend
     length: int = 0  # decoder positions already in the cache
     group: int = 1  # decoder rows per memory row: N = M * group
-    spare: list[Tensor | None] = field(default_factory=list)  # reorder targets, self_k + self_v
+    # Per layer, the buffer the next reorder writes into (the one the last reorder left).
+    spare_k: list[Tensor | None] = field(init=False)
+    spare_v: list[Tensor | None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.spare_k = [None] * len(self.self_k)
+        self.spare_v = [None] * len(self.self_v)
 
     @property
     def max_length(self) -> int:
@@ -259,17 +265,14 @@ class KVCache:
     def reorder(self, index: Tensor) -> None:
         """Select decoder rows in place: `index` (N',) long; for beam expansion and reordering."""
         index = index.to(self.memory_mask.device)
-        caches = self.self_k + self.self_v
-        self.spare += [None] * (len(caches) - len(self.spare))
         filled = self.length
-        for i, cache in enumerate(caches):
-            target = self.spare[i]
-            if target is None or target.size(0) != index.numel():
-                target = cache.new_empty(index.numel(), *cache.shape[1:])
-            torch.index_select(cache[:, :, :filled], 0, index, out=target[:, :, :filled])
-            caches[i], self.spare[i] = target, cache
-        layers = len(self.self_k)
-        self.self_k, self.self_v = caches[:layers], caches[layers:]
+        for caches, spares in ((self.self_k, self.spare_k), (self.self_v, self.spare_v)):
+            for i, cache in enumerate(caches):
+                target = spares[i]
+                if target is None or target.size(0) != index.numel():
+                    target = cache.new_empty(index.numel(), *cache.shape[1:])
+                torch.index_select(cache[:, :, :filled], 0, index, out=target[:, :, :filled])
+                caches[i], spares[i] = target, cache
         memory_rows = index // self.group  # the memory row each new decoder row reads
         M = self.memory_mask.size(0)
         group, rest = divmod(index.numel(), M)
