@@ -298,8 +298,14 @@ class PlannedLoader(DataLoader):
 
 
 def make_loader(dataset: PlannedBatches, num_workers: int, trainer_progress=None) -> PlannedLoader:
+    # Under DDP the process has threads (the process group's) when a loader forks its
+    # workers: a worker could start with a lock some thread held, and hang before its first
+    # batch (a two-process CPU run hung in ~1 of 80 such starts, rank 1 waiting on its worker,
+    # rank 0 in a barrier). The forkserver starts workers from a clean single-thread process.
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    context = "forkserver" if num_workers and distributed else None
     return PlannedLoader(dataset, trainer_progress=trainer_progress, num_workers=num_workers,
-                         pin_memory=torch.cuda.is_available())
+                         pin_memory=torch.cuda.is_available(), multiprocessing_context=context)
 
 
 def padding_fraction(batch: dict[str, Any]) -> float:
