@@ -1,7 +1,7 @@
 """Eterna100 side by side: the same per-puzzle time budget and the same cores for
 (a) model: a t2t model trained on rna_design + the search (constrained sampling, best-of-N
     by folding, then the adaptive walk seeded by the samples),
-(b) search: the adaptive walk alone, restarted from random designs (what the model adds),
+(b) search: the adaptive walk alone from targeted designs (what the model adds),
 (c) inverse: ViennaRNA's RNA.inverse_fold restarted from random sequences.
 
     python benchmarks/rna_eterna100.py --budget 60 [--ckpt RUN/checkpoints/last.ckpt |
@@ -38,7 +38,7 @@ def design(method: str, structure: str, budget: float, seed: int, found) -> None
     """Run one method on one puzzle, reporting every better design through `found`."""
     import torch
 
-    from problems.rna_search import adaptive_walk, inverse_fold_restarts, random_design
+    from problems.rna_search import adaptive_walk, inverse_fold_restarts, targeted_design
 
     torch.set_num_threads(1)
     rng = random.Random(seed)
@@ -46,9 +46,9 @@ def design(method: str, structure: str, budget: float, seed: int, found) -> None
     if method == "inverse":
         inverse_fold_restarts(structure, deadline, rng, found=lambda d, _: found(d))
     elif method == "search":
-        starts = [random_design(structure, "N" * len(structure), rng)]
-        found(starts[0])
-        found(adaptive_walk(structure, "N" * len(structure), starts, deadline, rng))
+        start = targeted_design(structure, "N" * len(structure), rng)
+        found(start)
+        found(adaptive_walk(structure, "N" * len(structure), [start], deadline, rng))
     else:
         from t2t.inference import search
 

@@ -34,7 +34,7 @@ from modalities.rna import (
     pair_table,
     parse_design_input,
 )
-from problems.rna_search import adaptive_walk, fold, score
+from problems.rna_search import adaptive_walk, fold, score, targeted_design
 from t2t import Problem, register_problem
 from t2t.errors import UserError
 from t2t.files import download
@@ -92,9 +92,12 @@ class RnaDesignBase(Problem):
         return PairingConstraint(inputs, self.targets.vocab_size)
 
     def refine(self, inputs: Any, candidates: list[str], deadline: float) -> str:
+        """The adaptive walk from the best of the model's candidates and a targeted design."""
         structure, constraint = parse_design_input(inputs)
+        rng = random.Random(0)
+        candidates = [*candidates, targeted_design(structure, constraint, rng)]
         ranked = sorted(candidates, key=lambda c: -score(structure, c, constraint))
-        return adaptive_walk(structure, constraint, ranked, deadline, random.Random(0))
+        return adaptive_walk(structure, constraint, ranked, deadline, rng)
 
     def format_prediction(self, inputs: Any, prediction: str) -> str:
         structure, _ = parse_design_input(inputs)

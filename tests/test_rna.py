@@ -27,7 +27,14 @@ from problems.rna_design import (
     read_puzzles,
     structure_hash,
 )
-from problems.rna_search import adaptive_walk, fold, inverse_fold_restarts, random_design, score
+from problems.rna_search import (
+    adaptive_walk,
+    fold,
+    inverse_fold_restarts,
+    random_design,
+    score,
+    targeted_design,
+)
 from t2t import decoding
 from t2t.errors import UserError
 from t2t.metrics import solved, structure_distance
@@ -202,6 +209,21 @@ def test_inverse_fold_baseline_reports_what_it_finds():
     design = inverse_fold_restarts("((((....))))", time.monotonic() + 10, random.Random(0),
                                    found=lambda d, dist: found.append(dist))
     assert fold(design)[0] == "((((....))))" and found[-1] == 0
+
+
+def test_targeted_design_pairs_gc_boosts_hairpins_and_keeps_the_constraint():
+    structure = "((((......))))..(((...)))"
+    partner = pair_table(structure)
+    design = targeted_design(structure, "N" * len(structure), random.Random(0))
+    assert all({design[i], design[j]} == {"G", "C"} for i, j in enumerate(partner) if j > i)
+    assert design[4:10] == "GAAAAA"  # a G-A first mismatch in the six-base hairpin
+    assert design[14:16] == "AA" and design[19:22] == "AAA"  # no boost in a triloop
+    orientations = {targeted_design(structure, "N" * len(structure), random.Random(seed))[:4]
+                    for seed in range(10)}
+    assert len(orientations) > 1  # restarts differ
+    locked = "U" + "N" * 3 + "U" + "N" * 8 + "A" + "N" * 11  # pair (0, 13) must be UA
+    design = targeted_design(structure, locked, random.Random(0))
+    assert design[0] == "U" and design[13] == "A" and design[4] == "U"
 
 
 def test_naive_design_pairs_gc_with_a_loops():
