@@ -177,7 +177,9 @@ def add_on_rows(x: Tensor, f, rows: Tensor | None) -> Tensor:
     if rows is None:
         return x + f(x)
     flat = x.flatten(0, 1)
-    return flat.index_add(0, rows, f(flat.index_select(0, rows))).view_as(x)
+    # Under autocast f returns bf16/fp16 while the residual stream stays fp32; index_add,
+    # unlike +, does not promote.
+    return flat.index_add(0, rows, f(flat.index_select(0, rows)).to(flat.dtype)).view_as(x)
 
 
 class EncoderLayer(nn.Module):

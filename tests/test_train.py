@@ -281,6 +281,17 @@ def test_compile_switch_trains_and_its_checkpoint_decodes(tmp_path):
     assert decoded.returncode == 0, decoded.stderr
 
 
+def test_bf16_mixed_precision_trains_and_validates(tmp_path):
+    # What trainer=gpu runs (bf16 autocast, fp32 weights and residual stream); CPU autocast
+    # takes the same dtype paths, so a GPU is not needed to catch a dtype mismatch.
+    trained = run_command("t2t-train", *FAST, "trainer.max_steps=10",
+                          "trainer.val_check_interval=10",
+                          "trainer.precision=bf16-mixed", f"data_dir={tmp_path / 'data'}",
+                          f"run_dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "metrics after 10 steps" in trained.stdout
+
+
 def test_weight_average_ramps_up_then_decays_at_the_given_rate():
     from torch.optim.swa_utils import AveragedModel
 
