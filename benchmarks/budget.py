@@ -6,13 +6,17 @@ Everything goes through the real commands (t2t-train, t2t-eval), as a user would
 from __future__ import annotations
 
 import csv
+import os
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+# The local copies of the real datasets (../shared/datasets beside the checkout); on another
+# machine, T2T_DATASETS names where they were copied.
+SHARED = Path(os.environ.get("T2T_DATASETS")
+              or Path(__file__).resolve().parents[2] / "shared" / "datasets")
 
 
 def script(name: str) -> str:
