@@ -98,7 +98,7 @@ class RnaDesignBase(Problem):
         return [targeted_design(structure, constraint, random.Random(0))]
 
     def refine(self, inputs: Any, candidates: list[str], deadline: float) -> str:
-        """The adaptive walk from the candidates (the model's and the quick ones, best
+        """The adaptive walk from the candidates (the quick one, then the model's best
         first), then from fresh targeted designs."""
         structure, constraint = parse_design_input(inputs)
         return adaptive_walk(structure, constraint, candidates, deadline, random.Random(0))
