@@ -1,6 +1,7 @@
 """Eterna100 side by side: the same per-puzzle time budget and the same cores for
-(a) model: a t2t model trained on rna_design + the search (constrained sampling, best-of-N
-    by folding, then the adaptive walk seeded by the samples),
+(a) model: a t2t model trained on rna_design + the search (the targeted design, then
+    constrained sampling for up to a quarter of the budget, best-of-N by folding, then the
+    adaptive walk from the targeted design and the samples that score above it),
 (b) search: the adaptive walk alone from targeted designs (what the model adds),
 (c) inverse: ViennaRNA's RNA.inverse_fold restarted from random sequences.
 
