@@ -103,14 +103,15 @@ def main() -> None:
     problem = MnistDigitStrings(raw_dir=args.raw_dir)
     train_images, train_labels = problem.digits("train")
     test_images, test_labels = problem.digits("test")
-    as_tensor = lambda a: torch.tensor(a, dtype=torch.float32)[:, None] / 255.0  # noqa: E731
+    train_x, test_x = (torch.tensor(a, dtype=torch.float32)[:, None] / 255.0
+                       for a in (train_images, test_images))
     rows = []
     for seed in range(args.seeds):
         start = time.perf_counter()
-        net = train_classifier(as_tensor(train_images), torch.tensor(train_labels), seed=seed,
+        net = train_classifier(train_x, torch.tensor(train_labels), seed=seed,
                                epochs=args.epochs, width=args.width)
         with torch.no_grad():
-            predicted = net(as_tensor(test_images)).argmax(1).numpy()
+            predicted = net(test_x).argmax(1).numpy()
         wrong = np.flatnonzero(predicted != test_labels).tolist()
         rows.append(row(f"CNN classifier, seed {seed}", wrong, len(test_labels),
                         time.perf_counter() - start))

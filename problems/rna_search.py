@@ -71,7 +71,8 @@ def _choices(partner: list[int], constraint: str) -> list[list[tuple[str, ...]]]
 
 
 def random_design(structure: str, constraint: str, rng: random.Random) -> str:
-    partner, options = pair_table(structure), _choices(pair_table(structure), constraint)
+    partner = pair_table(structure)
+    options = _choices(partner, constraint)
     sequence = [""] * len(structure)
     for i, j in enumerate(partner):
         if j < 0:
@@ -85,7 +86,8 @@ def targeted_design(structure: str, constraint: str, rng: random.Random) -> str:
     """GC or CG (at random) in every pair, A in every loop, and a G-A first mismatch closing
     each hairpin loop of four or more (Eterna players' "boost": the mismatch stabilises the
     hairpin's closing pair); where the constraint forbids a choice, the likeliest it allows."""
-    partner, options = pair_table(structure), _choices(pair_table(structure), constraint)
+    partner = pair_table(structure)
+    options = _choices(partner, constraint)
     preferred = {}
     for i, j in enumerate(partner):
         if j < 0:

@@ -178,7 +178,7 @@ def search(model: T2TModel, problem: Problem, index: int, loaded: torch.Tensor, 
     # A sample is worth a walk only where the verifier ranks it above the quick candidates:
     # on Eterna100 the walk from weaker samples failed where fresh targeted designs solved.
     bar = max(quick.values(), default=-math.inf)
-    starts = [*quick, *(c for c in ranked if scored[c] > bar and c not in quick)]
-    if time.monotonic() >= deadline or not starts:  # no budget or no start: no refinement
-        return ranked[0]
+    starts = [*quick, *(c for c in ranked if scored[c] > bar)]
+    if time.monotonic() >= deadline:  # no budget: no refinement, the best candidate as is
+        return max(starts, key=lambda c: scored.get(c, quick.get(c)))
     return problem.refine(raw, starts, deadline)
