@@ -139,7 +139,7 @@ def search(model: T2TModel, problem: Problem, index: int, loaded: torch.Tensor, 
     """Test-time compute for one input of a problem with a verifier: verify the problem's
     quick candidates, then sample up to `best_of` candidates (in rounds of SAMPLES_PER_ROUND,
     under the problem's decoding constraint), stop at the first that verifies (score 1.0);
-    else hand the quick candidates, then the samples that score above them, best first, to
+    else hand the quick candidates and the samples that score above them, best first, to
     `problem.refine` for the rest of the time budget. Sampling gets at most a quarter of the
     budget: on Eterna100 on a CPU, a round of samples of a 400-nt design took tens of seconds,
     and the refinement is what solves hard inputs (from a targeted design more often than
@@ -172,13 +172,15 @@ def search(model: T2TModel, problem: Problem, index: int, loaded: torch.Tensor, 
                 scored[candidate] = float(problem.verify(raw, candidate))
         if max(scored.values()) >= 1.0:
             break
-    ranked = sorted(scored, key=scored.get, reverse=True)
-    if scored[ranked[0]] >= 1.0:
-        return ranked[0]
+    best = max(scored, key=scored.get)
+    if scored[best] >= 1.0:
+        return best
     # A sample is worth a walk only where the verifier ranks it above the quick candidates:
     # on Eterna100 the walk from weaker samples failed where fresh targeted designs solved.
+    # The best start goes first: on a long input the first walk may take the whole budget.
     bar = max(quick.values(), default=-math.inf)
-    starts = [*quick, *(c for c in ranked if scored[c] > bar)]
+    worth = {**quick, **{c: v for c, v in scored.items() if v > bar}}
+    starts = sorted(worth, key=worth.get, reverse=True)  # stable: a quick one wins a tie
     if time.monotonic() >= deadline:  # no budget: no refinement, the best candidate as is
-        return max(starts, key=lambda c: scored.get(c, quick.get(c)))
+        return starts[0]
     return problem.refine(raw, starts, deadline)

@@ -17,6 +17,7 @@ from modalities.rna import (
     PairingConstraint,
     StructureModality,
     pair_table,
+    pairable,
     parse_design_input,
 )
 from problems.rna_design import (
@@ -25,6 +26,7 @@ from problems.rna_design import (
     RnaEterna100,
     naive_design,
     read_puzzles,
+    redrawn_design,
     structure_hash,
 )
 from problems.rna_search import (
@@ -233,18 +235,48 @@ def test_naive_design_pairs_gc_with_a_loops():
 # -- problems ------------------------------------------------------------------------------------
 
 
-def test_rna_design_samples_are_exact_solutions_and_deterministic():
-    problem = RnaDesign(train_size=30, eval_size=10, min_length=20, max_length=60)
+@pytest.mark.parametrize("sequences", ["designed", "random"])
+def test_rna_design_samples_are_exact_solutions_and_deterministic(sequences):
+    problem = RnaDesign(train_size=30, eval_size=10, min_length=20, max_length=60,
+                        sequences=sequences)
     samples = list(problem.generate_samples("validation"))
     assert len(samples) == 10
     for sample in samples:
         assert fold(sample["targets"])[0] == sample["inputs"]
         assert sample["references"] == [sample["inputs"]] and 20 <= len(sample["inputs"]) <= 60
         assert "(" in sample["inputs"]
-    again = RnaDesign(train_size=30, eval_size=10, min_length=20, max_length=60)
+    again = RnaDesign(train_size=30, eval_size=10, min_length=20, max_length=60,
+                      sequences=sequences)
     assert list(again.generate_samples("validation")) == samples
     train = list(itertools.islice(problem.generate_samples("train"), 10))
     assert {s["inputs"] for s in train}.isdisjoint({s["inputs"] for s in samples})
+
+
+def test_designed_training_sequences_look_like_designs():
+    """`sequences=designed` targets are targeted designs with some pairs and loop bases
+    redrawn: GC-rich helices and A-rich loops, unlike random sequences."""
+    structure = "((((((....))))))....((((((......))))))"
+    rng = random.Random(3)
+    assert redrawn_design(structure, 0.0, random.Random(3)) == targeted_design(
+        structure, "N" * len(structure), random.Random(3))
+    for share in (0.3, 1.0):
+        design = redrawn_design(structure, share, rng)
+        assert all(pairable(design[i], design[j])
+                   for i, j in enumerate(pair_table(structure)) if i < j)
+    designed = RnaDesign(train_size=200, min_length=40, max_length=80)
+    random_ = RnaDesign(train_size=200, min_length=40, max_length=80, sequences="random")
+
+    def loop_a_share(problem):
+        loops = "".join(b for s in problem.generate_samples("train")
+                        for b, c in zip(s["targets"], s["inputs"], strict=True) if c == ".")
+        return loops.count("A") / len(loops)
+
+    assert loop_a_share(designed) > 0.6 > 0.4 > loop_a_share(random_)
+
+
+def test_rna_design_bad_sequences_option_is_a_clear_error():
+    with pytest.raises(UserError, match="sequences='natural' is not one of: designed, random"):
+        RnaDesign(sequences="natural")
 
 
 def test_rna_design_never_emits_an_eterna100_structure():
