@@ -110,8 +110,8 @@ class RnaDesignBase(Problem):
         return [targeted_design(structure, constraint, random.Random(0))]
 
     def refine(self, inputs: Any, candidates: list[str], deadline: float) -> str:
-        """The adaptive walk from the candidates (the quick one, then the model's best
-        first), then from fresh targeted designs."""
+        """The adaptive walk from the candidates (best-scored first, as `search` orders
+        them), then from fresh targeted designs."""
         structure, constraint = parse_design_input(inputs)
         return adaptive_walk(structure, constraint, candidates, deadline, random.Random(0))
 
