@@ -109,11 +109,12 @@ class RnaDesignBase(Problem):
         structure, constraint = parse_design_input(inputs)
         return [targeted_design(structure, constraint, random.Random(0))]
 
-    def refine(self, inputs: Any, candidates: list[str], deadline: float) -> str:
+    def refine(self, inputs: Any, candidates: list[str], deadline: float, *,
+               seed: int = 0) -> str:
         """The adaptive walk from the candidates (best-scored first, as `search` orders
         them), then from fresh targeted designs."""
         structure, constraint = parse_design_input(inputs)
-        return adaptive_walk(structure, constraint, candidates, deadline, random.Random(0))
+        return adaptive_walk(structure, constraint, candidates, deadline, random.Random(seed))
 
     def format_prediction(self, inputs: Any, prediction: str) -> str:
         structure, _ = parse_design_input(inputs)

@@ -108,46 +108,75 @@ def targeted_design(structure: str, constraint: str, rng: random.Random) -> str:
     return "".join(sequence)
 
 
+class _Walker:
+    """One line of descent: a design, its cost and MFE structure, and mutations since its
+    last improvement."""
+
+    def __init__(self, structure: str, start: str):
+        self.sequence = list(start)
+        self.cost, self.folded = _evaluate(structure, start)
+        self.stale = 0
+
+
+def _mutate(walker: _Walker, structure: str, partner: list[int],
+            options: list[list[tuple[str, ...]]], rng: random.Random) -> None:
+    """One mutation at or beside a mis-folded position, kept unless the design gets worse."""
+    folded_partner = pair_table(walker.folded)
+    wrong = [i for i in range(len(partner)) if folded_partner[i] != partner[i]]
+    if rng.random() < 0.5:
+        # A pair that will not form is often held back by the loop bases beside it
+        # (its mismatches, which set its stacking energy), themselves folded right.
+        wrong = sorted({k for i in wrong for k in (i - 1, i + 1) if 0 <= k < len(partner)})
+    i = rng.choice(wrong)
+    trial = walker.sequence.copy()
+    choice = rng.choice(options[i])
+    if partner[i] < 0:
+        trial[i] = choice[0]
+    else:
+        low, high = sorted((i, partner[i]))
+        trial[low], trial[high] = choice if i == low else choice[::-1]
+    cost, folded = _evaluate(structure, "".join(trial))
+    walker.stale = 0 if cost < walker.cost else walker.stale + 1
+    if cost <= walker.cost:
+        walker.sequence, walker.cost, walker.folded = trial, cost, folded
+
+
 def adaptive_walk(structure: str, constraint: str, starts: Sequence[str], deadline: float,
-                  rng: random.Random, patience: int | None = None) -> str:
-    """Best design found from `starts` (tried in order, then targeted designs with fresh
-    random pair orientations) by the deadline (time.monotonic()); returns at once when one
-    is solved."""
+                  rng: random.Random, patience: int | None = None, walkers: int = 4,
+                  slice_steps: int = 50) -> str:
+    """Best design found by the deadline (time.monotonic()); returns at once when one is
+    solved. `walkers` walks run in turns of `slice_steps` mutations, from `starts` in order,
+    then from targeted designs with fresh random pair orientations; a walk `patience`
+    mutations without improvement gives its place to the next start. Taking turns keeps one
+    poor start from spending the budget: a walk from a good start often solves a long target
+    in seconds, one from a poor start can wander for minutes."""
     partner = pair_table(structure)
     options = _choices(partner, constraint)
     patience = patience or 4 * len(structure)
-    best, best_cost = None, (len(structure) + 1, float("inf"))
-    for attempt in range(10**9):
-        start = (starts[attempt] if attempt < len(starts)
-                 else targeted_design(structure, constraint, rng))
-        sequence = list(start)
-        cost, folded = _evaluate(structure, start)
-        stale = 0
-        while cost[0] > 0 and stale < patience and time.monotonic() < deadline:
-            folded_partner = pair_table(folded)
-            wrong = [i for i in range(len(partner)) if folded_partner[i] != partner[i]]
-            if rng.random() < 0.5:
-                # A pair that will not form is often held back by the loop bases beside it
-                # (its mismatches, which set its stacking energy), themselves folded right.
-                wrong = sorted({k for i in wrong for k in (i - 1, i + 1)
-                                if 0 <= k < len(partner)})
-            i = rng.choice(wrong)
-            trial = sequence.copy()
-            choice = rng.choice(options[i])
-            if partner[i] < 0:
-                trial[i] = choice[0]
-            else:
-                low, high = sorted((i, partner[i]))
-                trial[low], trial[high] = choice if i == low else choice[::-1]
-            trial_cost, trial_folded = _evaluate(structure, "".join(trial))
-            stale = 0 if trial_cost < cost else stale + 1
-            if trial_cost <= cost:
-                sequence, cost, folded = trial, trial_cost, trial_folded
-        if cost < best_cost:
-            best, best_cost = "".join(sequence), cost
-        if best_cost[0] == 0 or time.monotonic() >= deadline:
-            return best
-    return best
+    pending = list(starts)
+
+    def fresh() -> _Walker:
+        start = pending.pop(0) if pending else targeted_design(structure, constraint, rng)
+        return _Walker(structure, start)
+
+    active = [fresh() for _ in range(max(1, walkers))]
+    best = min(active, key=lambda w: w.cost)
+    best_sequence, best_cost = "".join(best.sequence), best.cost
+    while best_cost[0] > 0 and time.monotonic() < deadline:
+        for k, walker in enumerate(active):
+            for _ in range(slice_steps):
+                if walker.cost[0] == 0 or walker.stale >= patience:
+                    break
+                if time.monotonic() >= deadline:
+                    break
+                _mutate(walker, structure, partner, options, rng)
+            if walker.cost < best_cost:
+                best_sequence, best_cost = "".join(walker.sequence), walker.cost
+            if best_cost[0] == 0 or time.monotonic() >= deadline:
+                break
+            if walker.stale >= patience:
+                active[k] = fresh()
+    return best_sequence
 
 
 def inverse_fold_restarts(structure: str, deadline: float, rng: random.Random,

@@ -130,28 +130,61 @@ def decode_ids(model: T2TModel, index: int, inputs: torch.Tensor, inputs_pad: to
 
 
 SAMPLES_PER_ROUND = 16
+QUICK_REFINE_SHARE = 0.1  # of the time budget, refining the quick candidates before sampling
+SAMPLING_SHARE = 0.25  # of the time budget, at most, until sampling stops
 
 
 @torch.no_grad()
-def search(model: T2TModel, problem: Problem, index: int, loaded: torch.Tensor, *,
+def search(model: T2TModel | None, problem: Problem, index: int, loaded: torch.Tensor, *,
            best_of: int, temperature: float = 1.0, time_budget_s: float | None = None,
            max_length: int = 256, seed: int = 0) -> Any:
-    """Test-time compute for one input of a problem with a verifier: verify the problem's
-    quick candidates, then sample up to `best_of` candidates (in rounds of SAMPLES_PER_ROUND,
-    under the problem's decoding constraint), stop at the first that verifies (score 1.0);
-    else hand the quick candidates and the samples that score above them, best first, to
-    `problem.refine` for the rest of the time budget. Sampling gets at most a quarter of the
-    budget: on Eterna100 on a CPU, a round of samples of a 400-nt design took tens of seconds,
-    and the refinement is what solves hard inputs (from a targeted design more often than
-    from a sample).
-    A target may be as long as its input: max_length grows to the input's length + 1."""
+    """Test-time compute for one input of a problem with a verifier, stopping at the first
+    candidate that verifies (score 1.0):
+    1. verify the problem's quick candidates, and refine them for QUICK_REFINE_SHARE of the
+       time budget: where the heuristic is close, seconds of search finish it, and sampling
+       would only spend the budget (on Eterna100, a round of samples of a 400-nt design takes
+       tens of seconds on a CPU);
+    2. sample up to `best_of` candidates under the problem's decoding constraint, in rounds of
+       SAMPLES_PER_ROUND, until SAMPLING_SHARE of the budget is spent;
+    3. hand the quick candidates and the samples that score above them, best first, to
+       `problem.refine` for the rest of the budget.
+    model=None is the search without the model (step 2 skipped): the ablation that shows what
+    the model adds. A target may be as long as its input: max_length grows to its length + 1."""
     start = time.monotonic()
     deadline = start + time_budget_s if time_budget_s else math.inf
     raw = problem.inputs.decode(loaded)
     quick = {c: float(problem.verify(raw, c)) for c in problem.quick_candidates(raw)}
+    # The bar a sample must pass to be refined: the quick candidates as they come, not as
+    # refined (a few seconds of refinement outscore nearly every sample).
+    bar = max(quick.values(), default=-math.inf)
+    if quick and bar < 1.0 and time_budget_s:
+        refined = problem.refine(raw, list(quick), start + QUICK_REFINE_SHARE * time_budget_s,
+                                 seed=seed)
+        quick[refined] = float(problem.verify(raw, refined))
     for candidate, value in quick.items():
         if value >= 1.0:
             return candidate
+    scored = dict(quick) if model is None else _samples(
+        model, problem, index, loaded, raw, best_of=best_of, temperature=temperature,
+        max_length=max_length, seed=seed, stop=start + SAMPLING_SHARE * (deadline - start))
+    best = max(scored, key=scored.get)
+    if scored[best] >= 1.0:
+        return best
+    # A sample is worth a walk only where the verifier ranks it above the quick candidates:
+    # on Eterna100 the walk from weaker samples failed where fresh targeted designs solved.
+    worth = {**quick, **{c: v for c, v in scored.items() if v > bar}}
+    starts = sorted(worth, key=worth.get, reverse=True)  # stable: a quick one wins a tie
+    if time.monotonic() >= deadline:  # no budget: no refinement, the best candidate as is
+        return starts[0]
+    # A new seed: the fresh starts of this refinement differ from those of step 1's.
+    return problem.refine(raw, starts, deadline, seed=seed + 1)
+
+
+def _samples(model: T2TModel, problem: Problem, index: int, loaded: torch.Tensor, raw: Any, *,
+             best_of: int, temperature: float, max_length: int, seed: int,
+             stop: float) -> dict[Any, float]:
+    """{sampled candidate: its score}, in rounds until one verifies, `best_of` are drawn, or
+    the clock passes `stop` (time.monotonic()); the first round always runs."""
     scored: dict[Any, float] = {}
     rows = min(best_of, SAMPLES_PER_ROUND)
     max_length = max(max_length, len(loaded) + 1)
@@ -160,7 +193,7 @@ def search(model: T2TModel, problem: Problem, index: int, loaded: torch.Tensor, 
     decoder = model.decoder(index)
     allowed = problem.decoding_constraint(inputs, inputs_pad)
     for round_ in range(math.ceil(best_of / rows)):
-        if round_ and time.monotonic() - start >= (deadline - start) / 4:
+        if round_ and time.monotonic() >= stop:
             break
         state = decoder.start(inputs, inputs_pad, max_length)
         generator = torch.Generator(device=device).manual_seed(seed + round_)
@@ -172,15 +205,4 @@ def search(model: T2TModel, problem: Problem, index: int, loaded: torch.Tensor, 
                 scored[candidate] = float(problem.verify(raw, candidate))
         if max(scored.values()) >= 1.0:
             break
-    best = max(scored, key=scored.get)
-    if scored[best] >= 1.0:
-        return best
-    # A sample is worth a walk only where the verifier ranks it above the quick candidates:
-    # on Eterna100 the walk from weaker samples failed where fresh targeted designs solved.
-    # The best start goes first: on a long input the first walk may take the whole budget.
-    bar = max(quick.values(), default=-math.inf)
-    worth = {**quick, **{c: v for c, v in scored.items() if v > bar}}
-    starts = sorted(worth, key=worth.get, reverse=True)  # stable: a quick one wins a tie
-    if time.monotonic() >= deadline:  # no budget: no refinement, the best candidate as is
-        return starts[0]
-    return problem.refine(raw, starts, deadline)
+    return scored

@@ -75,9 +75,9 @@ class Problem:
         would only spend the time budget. The default has none."""
         return []
 
-    def refine(self, inputs: Any, candidates: list[Any], deadline: float) -> Any:
-        """Improve on sampled candidates by search until `deadline` (time.monotonic());
-        called when none of them verified. The default keeps the first (the best)."""
+    def refine(self, inputs: Any, candidates: list[Any], deadline: float, *, seed: int = 0) -> Any:
+        """Improve on candidates (best first) by search until `deadline` (time.monotonic()),
+        randomised by `seed`; called when none of them verified. The default keeps the first."""
         return candidates[0]
 
     def format_prediction(self, inputs: Any, prediction: Any) -> str:

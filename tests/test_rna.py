@@ -20,6 +20,7 @@ from modalities.rna import (
     pairable,
     parse_design_input,
 )
+from problems import rna_search
 from problems.rna_design import (
     EXCLUDED,
     RnaDesign,
@@ -197,6 +198,26 @@ def test_adaptive_walk_solves_small_targets_and_respects_constraints():
         assert fold(design)[0] == structure and design.endswith("C")
 
 
+def test_adaptive_walk_takes_turns_and_retires_stuck_walks(monkeypatch):
+    """Walks take turns of `slice_steps` mutations, so a poor first start cannot spend the
+    budget; a walk `patience` mutations without improvement gives its place to the next start,
+    then to fresh targeted designs."""
+    structure = "(((....)))(((....)))(((....)))"  # the targeted design misfolds it
+    starts = [base * len(structure) for base in "ACU"]  # none folds into the target
+    turns = []
+
+    def stuck(walker, *args):  # records whose turn it is; never improves
+        turns.append("".join(walker.sequence))
+        walker.stale += 1
+
+    monkeypatch.setattr(rna_search, "_mutate", stuck)
+    adaptive_walk(structure, "N" * len(structure), starts, time.monotonic() + 0.5,
+                  random.Random(0), patience=3, walkers=2, slice_steps=2)
+    fresh = targeted_design(structure, "N" * len(structure), random.Random(0))
+    a, b, c = starts
+    assert turns[:12] == [a, a, b, b, a, b, c, c, fresh, fresh, c, fresh]
+
+
 def test_random_design_fits_pairs_and_constraint():
     rng = random.Random(1)
     for _ in range(20):
@@ -349,6 +370,50 @@ def test_search_takes_a_quick_candidate_that_verifies_without_sampling(monkeypat
     quick = problem.quick_candidates(target)
     assert problem.verify(target, quick[0]) == 1.0
     assert decode_raw(model, problem, 0, [target], best_of=16, time_budget_s=20) == quick
+
+
+def test_search_refines_the_quick_candidate_before_sampling(monkeypatch):
+    from t2t.inference import decode_raw
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled although a short walk from the quick candidate solves")
+
+    monkeypatch.setattr(decoding, "sample", no_sampling)
+    problem = RnaDesign()
+    model = T2TModel(PRESETS["tiny"], [(problem.inputs, problem.targets)]).eval()
+    target = "(((....)))(((....)))(((....)))"
+    assert problem.verify(target, problem.quick_candidates(target)[0]) < 1.0
+    design, = decode_raw(model, problem, 0, [target], best_of=16, time_budget_s=30)
+    assert problem.verify(target, design) == 1.0
+
+
+def test_search_without_a_model_is_the_ablation():
+    from t2t.inference import search
+
+    problem = RnaEterna100(raw_dir=str(dataset_dir("rna")))
+    target = "((((((....)))))).....((((....))))...(((....)))(((....)))"
+    loaded = problem.inputs.load(problem.inputs.encode(target))
+    design = search(None, problem, 0, loaded, best_of=16, time_budget_s=20, seed=3)
+    assert problem.verify(target, design) == 1.0
+
+
+def test_eterna100_benchmark_runs_and_prints_its_table(tmp_path):
+    """The benchmark script end to end on two puzzles, methods (b) and (c), a short budget."""
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    dataset_dir("rna")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "rna_eterna100.py"), "--budget", "2",
+         "--limit", "2", "--seeds", "1", "--methods", "search,inverse",
+         "--results", str(tmp_path / "results.jsonl")],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| search | 2.0 +- 0.0 / 2 |" in result.stdout, result.stdout
+    assert "| inverse |" in result.stdout and "ViennaRNA 2." in result.stdout
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 4
 
 
 @pytest.mark.timeout(400)
