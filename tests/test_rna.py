@@ -295,6 +295,21 @@ def test_designed_training_sequences_look_like_designs():
     assert loop_a_share(designed) > 0.6 > 0.4 > loop_a_share(random_)
 
 
+def test_hard_share_draws_structures_the_targeted_design_misfolds():
+    """hard_share=1: every sample is one the search's quick candidate gets wrong, and still
+    an exact solution."""
+    hard = list(RnaDesign(eval_size=12, min_length=60, max_length=100,
+                          hard_share=1.0).generate_samples("validation"))
+    assert len(hard) == 12
+    for sample in hard:
+        structure = sample["inputs"]
+        assert fold(sample["targets"])[0] == structure
+        assert fold(targeted_design(structure, "N" * len(structure), random.Random(0)))[0] \
+            != structure
+    with pytest.raises(UserError, match="hard_share is a share of the samples, between 0 and 1"):
+        RnaDesign(hard_share=1.5)
+
+
 def test_rna_design_bad_sequences_option_is_a_clear_error():
     with pytest.raises(UserError, match="sequences='natural' is not one of: designed, random"):
         RnaDesign(sequences="natural")
