@@ -165,9 +165,8 @@ def adaptive_walk(structure: str, constraint: str, starts: Sequence[str], deadli
     while best_cost[0] > 0 and time.monotonic() < deadline:
         for k, walker in enumerate(active):
             for _ in range(slice_steps):
-                if walker.cost[0] == 0 or walker.stale >= patience:
-                    break
-                if time.monotonic() >= deadline:
+                if (walker.cost[0] == 0 or walker.stale >= patience
+                        or time.monotonic() >= deadline):
                     break
                 _mutate(walker, structure, partner, options, rng)
             if walker.cost < best_cost:
