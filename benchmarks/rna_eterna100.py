@@ -6,7 +6,7 @@
 (c) inverse: ViennaRNA's RNA.inverse_fold restarted from random sequences.
 
     python benchmarks/rna_eterna100.py --budget 60 [--ckpt RUN/checkpoints/last.ckpt |
-        --train-minutes 60] [--version v2] [--seeds 3] [--workers 2] [--limit N]
+        --train-minutes 60] [--version v2] [--seeds 3] [--workers 2] [--limit N] [--best-of 64]
 
 Each puzzle runs in its own process, stopped at the budget (RNA.inverse_fold cannot be
 interrupted otherwise); `--workers` puzzles run at once, one per core. Results go to
@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 _searchers = {}  # method -> (model or None, problem), set before the workers fork
+_best_of = [64]  # samples a search draws at most (within its time share), set likewise
 
 
 def design(method: str, structure: str, budget: float, seed: int, found) -> None:
@@ -50,7 +51,7 @@ def design(method: str, structure: str, budget: float, seed: int, found) -> None
     model, problem = _searchers[method]
     loaded = problem.inputs.load(problem.inputs.encode(structure))
     found(problem.quick_candidates(structure)[0])  # something to judge if stopped early
-    found(search(model, problem, 0, loaded, best_of=64, time_budget_s=budget, seed=seed))
+    found(search(model, problem, 0, loaded, best_of=_best_of[0], time_budget_s=budget, seed=seed))
 
 
 def _child(method: str, structure: str, budget: float, seed: int, queue) -> None:
@@ -118,6 +119,8 @@ def main() -> None:
                         else None)
     parser.add_argument("--methods", default="model,search,inverse")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--best-of", type=int, default=64,
+                        help="method (a): samples drawn at most, within a quarter of the budget")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--limit", type=int, default=None, help="only the first N puzzles")
     parser.add_argument("--results", default="outputs/bench-rna/results.jsonl")
@@ -127,6 +130,7 @@ def main() -> None:
     puzzles = target.puzzles()[: args.limit]
     methods = args.methods.split(",")
     _searchers["search"] = (None, target)
+    _best_of[0] = args.best_of
     if "model" in methods:
         checkpoint = Path(args.ckpt) if args.ckpt else train(args.train_minutes, args.run_dir,
                                                              args.data_dir)

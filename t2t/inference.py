@@ -149,7 +149,10 @@ def search(model: T2TModel | None, problem: Problem, index: int, loaded: torch.T
     3. hand the quick candidates and the samples that score above them, best first, to
        `problem.refine` for the rest of the budget.
     model=None is the search without the model (step 2 skipped): the ablation that shows what
-    the model adds. A target may be as long as its input: max_length grows to its length + 1."""
+    the model adds. Step 2 is skipped too where `problem.model_covers(raw)` says the model never
+    saw such inputs (on Eterna100, samples beyond the trained lengths were worse starts than
+    the quick candidates, and a round of them cost tens of seconds). A target may be as long
+    as its input: max_length grows to its length + 1."""
     start = time.monotonic()
     deadline = start + time_budget_s if time_budget_s else math.inf
     raw = problem.inputs.decode(loaded)
@@ -164,7 +167,8 @@ def search(model: T2TModel | None, problem: Problem, index: int, loaded: torch.T
     for candidate, value in quick.items():
         if value >= 1.0:
             return candidate
-    scored = dict(quick) if model is None else _samples(
+    sampling = model is not None and problem.model_covers(raw)
+    scored = dict(quick) if not sampling else _samples(
         model, problem, index, loaded, raw, best_of=best_of, temperature=temperature,
         max_length=max_length, seed=seed, stop=start + SAMPLING_SHARE * (deadline - start))
     best = max(scored, key=scored.get)

@@ -75,6 +75,11 @@ class Problem:
         would only spend the time budget. The default has none."""
         return []
 
+    def model_covers(self, inputs: Any) -> bool:
+        """Whether a model trained on this problem has seen inputs like these, so that its
+        samples are worth their share of a search's time budget. The default: always."""
+        return True
+
     def refine(self, inputs: Any, candidates: list[Any], deadline: float, *, seed: int = 0) -> Any:
         """Improve on candidates (best first) by search until `deadline` (time.monotonic()),
         randomised by `seed`; called when none of them verified. The default keeps the first."""

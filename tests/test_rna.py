@@ -402,6 +402,29 @@ def test_search_refines_the_quick_candidate_before_sampling(monkeypatch):
     assert problem.verify(target, design) == 1.0
 
 
+def test_search_samples_only_structures_the_model_was_trained_on(monkeypatch):
+    """Beyond the longest training structure the model's samples are not worth their time."""
+    from t2t.inference import decode_raw
+
+    calls = []
+
+    def counted_sampling(*args, **kwargs):
+        calls.append(1)
+        return real_sample(*args, **kwargs)
+
+    real_sample = decoding.sample
+    monkeypatch.setattr(decoding, "sample", counted_sampling)
+    target = "(((((.)))))...(((((.)))))"  # hairpins of one base: nothing folds into it
+    for max_length, sampled in ((len(target), True), (len(target) - 1, False)):
+        calls.clear()
+        problem = RnaDesign(min_length=12, max_length=max_length)
+        assert problem.model_covers(target) is sampled
+        model = T2TModel(PRESETS["tiny"], [(problem.inputs, problem.targets)]).eval()
+        design, = decode_raw(model, problem, 0, [target], best_of=16, time_budget_s=1)
+        assert len(design) == len(target) and problem.verify(target, design) < 1.0
+        assert bool(calls) is sampled, (max_length, calls)
+
+
 def test_search_without_a_model_is_the_ablation():
     from t2t.inference import search
 

@@ -43,7 +43,8 @@ def decode(config: Any) -> None:
     out = open(config.output_file, "w", encoding="utf-8") if config.output_file else sys.stdout
     try:
         for chunk in batches(read_inputs(config, problem.inputs.kind), config.decode.batch_size):
-            predictions = decode_raw(model, problem, index, chunk,
+            # The trained problem decodes: its search hooks know what the model learned.
+            predictions = decode_raw(model, problems[index], index, chunk,
                                      **decode_settings(config.decode))
             for raw, prediction in zip(chunk, predictions, strict=True):
                 print(problem.format_prediction(raw, prediction), file=out,

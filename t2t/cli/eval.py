@@ -47,7 +47,9 @@ def evaluate(config: Any) -> None:
     order = sorted(range(len(samples)), key=lambda i: len(samples[i]["inputs"]))
     by_position: dict[int, Any] = {}
     for chunk in batches(order, config.decode.batch_size):
-        decoded = decode_loaded(model, problem, index, [samples[i]["inputs"] for i in chunk],
+        # The trained problem decodes: its search hooks know what the model learned.
+        decoded = decode_loaded(model, problems[index], index,
+                                [samples[i]["inputs"] for i in chunk],
                                 **decode_settings(config.decode))
         by_position.update(zip(chunk, decoded, strict=True))
     predictions = [by_position[i] for i in range(len(samples))]
