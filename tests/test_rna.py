@@ -406,13 +406,12 @@ def test_search_samples_only_structures_the_model_was_trained_on(monkeypatch):
     """Beyond the longest training structure the model's samples are not worth their time."""
     from t2t.inference import decode_raw
 
-    calls = []
+    calls, real_sample = [], decoding.sample
 
     def counted_sampling(*args, **kwargs):
         calls.append(1)
         return real_sample(*args, **kwargs)
 
-    real_sample = decoding.sample
     monkeypatch.setattr(decoding, "sample", counted_sampling)
     target = "(((((.)))))...(((((.)))))"  # hairpins of one base: nothing folds into it
     for max_length, sampled in ((len(target), True), (len(target) - 1, False)):
