@@ -151,7 +151,8 @@ def search(model: T2TModel | None, problem: Problem, index: int, loaded: torch.T
     model=None is the search without the model (step 2 skipped): the ablation that shows what
     the model adds. Step 2 is skipped too where `problem.model_covers(raw)` says the model never
     saw such inputs (on Eterna100, samples beyond the trained lengths were worse starts than
-    the quick candidates, and a round of them cost tens of seconds). A target may be as long
+    the quick candidates, and a round of them cost tens of seconds), unless the problem has no
+    quick candidates: then the samples are all there is. A target may be as long
     as its input: max_length grows to its length + 1."""
     start = time.monotonic()
     deadline = start + time_budget_s if time_budget_s else math.inf
@@ -167,7 +168,12 @@ def search(model: T2TModel | None, problem: Problem, index: int, loaded: torch.T
     for candidate, value in quick.items():
         if value >= 1.0:
             return candidate
-    sampling = model is not None and problem.model_covers(raw)
+    # Without quick candidates the samples are all there is, covered or not.
+    sampling = model is not None and (problem.model_covers(raw) or not quick)
+    if not sampling and not quick:
+        raise UserError(f"problem {problem.name}: a search without a model starts from the "
+                        f"problem's quick_candidates, and it has none; pass a checkpoint "
+                        f"(ckpt=...) or give the problem quick_candidates")
     scored = dict(quick) if not sampling else _samples(
         model, problem, index, loaded, raw, best_of=best_of, temperature=temperature,
         max_length=max_length, seed=seed, stop=start + SAMPLING_SHARE * (deadline - start))

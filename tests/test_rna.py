@@ -4,6 +4,7 @@ verifier, the search, rna_design / rna_eterna100, and t2t-decode / t2t-eval end 
 from __future__ import annotations
 
 import itertools
+import json
 import random
 import time
 
@@ -28,6 +29,7 @@ from problems.rna_design import (
     naive_design,
     read_puzzles,
     redrawn_design,
+    repaired_design,
     structure_hash,
 )
 from problems.rna_search import (
@@ -256,7 +258,7 @@ def test_naive_design_pairs_gc_with_a_loops():
 # -- problems ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sequences", ["designed", "random"])
+@pytest.mark.parametrize("sequences", ["designed", "random", "repaired"])
 def test_rna_design_samples_are_exact_solutions_and_deterministic(sequences):
     problem = RnaDesign(train_size=30, eval_size=10, min_length=20, max_length=60,
                         sequences=sequences)
@@ -295,6 +297,39 @@ def test_designed_training_sequences_look_like_designs():
     assert loop_a_share(designed) > 0.6 > 0.4 > loop_a_share(random_)
 
 
+def test_repaired_designs_differ_from_the_targeted_design_only_where_the_fold_needs_it():
+    """sequences=repaired: the targeted design where it folds right; else a fix of it where
+    putting back any one changed pair or loop base (to the targeted design's) misfolds."""
+    free = lambda structure: "N" * len(structure)  # noqa: E731
+    easy = "((((((....)))))).....((((....))))"
+    assert repaired_design(easy, random.Random(5)) == targeted_design(
+        easy, free(easy), random.Random(5))
+    hard = [s["inputs"] for s in RnaDesign(eval_size=8, min_length=40, max_length=70,
+                                           sequences="random", hard_share=1.0)
+            .generate_samples("validation")]
+    repaired = 0
+    for structure in hard:
+        design = repaired_design(structure, random.Random(7))
+        start = targeted_design(structure, free(structure), random.Random(7))
+        if fold(start)[0] == structure:  # this orientation of the pairs folds right as is
+            assert design == start
+            continue
+        if design is None:  # the walk failed within its steps: the sample is drawn again
+            continue
+        repaired += 1
+        assert fold(design)[0] == structure
+        units = [(i,) if j < 0 else (i, j) for i, j in enumerate(pair_table(structure))
+                 if j < 0 or i < j]
+        changed = [u for u in units if any(design[k] != start[k] for k in u)]
+        assert changed
+        for unit in changed:
+            back = list(design)
+            for k in unit:
+                back[k] = start[k]
+            assert fold("".join(back))[0] != structure, (structure, design, unit)
+    assert repaired >= 3, f"{repaired} of {len(hard)} hard structures repaired"
+
+
 def test_hard_share_draws_structures_the_targeted_design_misfolds():
     """hard_share=1: every sample is one the search's quick candidate gets wrong, and still
     an exact solution."""
@@ -311,7 +346,8 @@ def test_hard_share_draws_structures_the_targeted_design_misfolds():
 
 
 def test_rna_design_bad_sequences_option_is_a_clear_error():
-    with pytest.raises(UserError, match="sequences='natural' is not one of: designed, random"):
+    with pytest.raises(UserError,
+                       match="sequences='natural' is not one of: designed, random, repaired"):
         RnaDesign(sequences="natural")
 
 
@@ -424,6 +460,24 @@ def test_search_samples_only_structures_the_model_was_trained_on(monkeypatch):
         assert bool(calls) is sampled, (max_length, calls)
 
 
+def test_search_without_quick_candidates_samples_or_says_it_needs_a_model(monkeypatch):
+    """A problem with a verifier but no heuristic: the model's samples are all a search has,
+    even beyond the structures it trained on; without a model there is nothing to start from."""
+    from t2t.errors import UserError
+    from t2t.inference import search
+
+    monkeypatch.setattr(RnaDesign, "quick_candidates", lambda self, inputs: [])
+    target = "(((((.)))))...(((((.)))))"  # hairpins of one base: nothing folds into it
+    problem = RnaDesign(min_length=12, max_length=len(target) - 1)
+    assert not problem.model_covers(target)
+    loaded = problem.inputs.load(problem.inputs.encode(target))
+    model = T2TModel(PRESETS["tiny"], [(problem.inputs, problem.targets)]).eval()
+    design = search(model, problem, 0, loaded, best_of=16, time_budget_s=1)
+    assert len(design) == len(target) and set(design) <= set("ACGU")
+    with pytest.raises(UserError, match="rna_design: a search without a model .* has none"):
+        search(None, problem, 0, loaded, best_of=16, time_budget_s=1)
+
+
 def test_search_without_a_model_is_the_ablation():
     from t2t.inference import search
 
@@ -435,22 +489,33 @@ def test_search_without_a_model_is_the_ablation():
 
 
 def test_eterna100_benchmark_runs_and_prints_its_table(tmp_path):
-    """The benchmark script end to end on two puzzles, methods (b) and (c), a short budget."""
+    """The benchmark script end to end on two chosen puzzles, methods (b) and (c), a short
+    budget; a puzzle id the benchmark lacks is one line naming it."""
     import subprocess
     import sys
 
     from .conftest import REPO
 
     dataset_dir("rna")
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "rna_eterna100.py"), "--budget", "2",
-         "--limit", "2", "--seeds", "1", "--methods", "search,inverse",
-         "--results", str(tmp_path / "results.jsonl")],
-        capture_output=True, text=True, timeout=120)
+
+    def benchmark(*options):
+        return subprocess.run(
+            [sys.executable, str(REPO / "benchmarks" / "rna_eterna100.py"), "--budget", "2",
+             "--seeds", "1", "--methods", "search,inverse",
+             "--results", str(tmp_path / "results.jsonl"), *options],
+            capture_output=True, text=True, timeout=120)
+
+    result = benchmark("--puzzles", "1,3")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| search | 2.0 +- 0.0 / 2 |" in result.stdout, result.stdout
     assert "| inverse |" in result.stdout and "ViennaRNA 2." in result.stdout
-    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 4
+    records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert sorted((r["method"], r["id"]) for r in records) == [
+        ("inverse", "1"), ("inverse", "3"), ("search", "1"), ("search", "3")]
+
+    wrong = benchmark("--puzzles", "3,101")
+    assert wrong.returncode != 0
+    assert "no puzzle with id 101 in Eterna100 v2" in wrong.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.timeout(400)
