@@ -6,7 +6,8 @@
 (c) inverse: ViennaRNA's RNA.inverse_fold restarted from random sequences.
 
     python benchmarks/rna_eterna100.py --budget 60 [--ckpt RUN/checkpoints/last.ckpt |
-        --train-minutes 60] [--version v2] [--seeds 3] [--workers 2] [--limit N] [--best-of 64]
+        --train-minutes 60] [--version v2] [--seeds 3] [--workers 2]
+        [--limit N | --puzzles 50,57] [--best-of 64]
 
 Each puzzle runs in its own process, stopped at the budget (RNA.inverse_fold cannot be
 interrupted otherwise); `--workers` puzzles run at once, one per core. Results go to
@@ -123,11 +124,20 @@ def main() -> None:
                         help="method (a): samples drawn at most, within a quarter of the budget")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--limit", type=int, default=None, help="only the first N puzzles")
+    parser.add_argument("--puzzles", default=None,
+                        help="only these puzzle ids, comma-separated (e.g. the unsolved ones)")
     parser.add_argument("--results", default="outputs/bench-rna/results.jsonl")
     args = parser.parse_args()
 
     target = RnaEterna100(version=args.version, raw_dir=args.raw_dir)
     puzzles = target.puzzles()[: args.limit]
+    if args.puzzles:
+        wanted = args.puzzles.split(",")
+        unknown = sorted(set(wanted) - {p["id"] for p in puzzles})
+        if unknown:
+            raise SystemExit(f"--puzzles: no puzzle with id {', '.join(unknown)} in Eterna100 "
+                             f"{args.version} (ids are 1 to {len(target.puzzles())})")
+        puzzles = [p for p in puzzles if p["id"] in wanted]
     methods = args.methods.split(",")
     _searchers["search"] = (None, target)
     _best_of[0] = args.best_of
