@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -143,13 +144,14 @@ def _mutate(walker: _Walker, structure: str, partner: list[int],
 
 def adaptive_walk(structure: str, constraint: str, starts: Sequence[str], deadline: float,
                   rng: random.Random, patience: int | None = None, walkers: int = 4,
-                  slice_steps: int = 50) -> str:
+                  slice_steps: int = 50, max_steps: int | None = None) -> str:
     """Best design found by the deadline (time.monotonic()); returns at once when one is
     solved. `walkers` walks run in turns of `slice_steps` mutations, from `starts` in order,
     then from targeted designs with fresh random pair orientations; a walk `patience`
     mutations without improvement gives its place to the next start. Taking turns keeps one
     poor start from spending the budget: a walk from a good start often solves a long target
-    in seconds, one from a poor start can wander for minutes."""
+    in seconds, one from a poor start can wander for minutes. `max_steps` caps the mutations
+    of all walks together: with deadline=math.inf the walk is deterministic per rng (datagen)."""
     partner = pair_table(structure)
     options = _choices(partner, constraint)
     patience = patience or 4 * len(structure)
@@ -162,16 +164,21 @@ def adaptive_walk(structure: str, constraint: str, starts: Sequence[str], deadli
     active = [fresh() for _ in range(max(1, walkers))]
     best = min(active, key=lambda w: w.cost)
     best_sequence, best_cost = "".join(best.sequence), best.cost
-    while best_cost[0] > 0 and time.monotonic() < deadline:
+    steps_left = math.inf if max_steps is None else max_steps
+
+    def out_of_budget() -> bool:
+        return steps_left <= 0 or time.monotonic() >= deadline
+
+    while best_cost[0] > 0 and not out_of_budget():
         for k, walker in enumerate(active):
             for _ in range(slice_steps):
-                if (walker.cost[0] == 0 or walker.stale >= patience
-                        or time.monotonic() >= deadline):
+                if walker.cost[0] == 0 or walker.stale >= patience or out_of_budget():
                     break
                 _mutate(walker, structure, partner, options, rng)
+                steps_left -= 1
             if walker.cost < best_cost:
                 best_sequence, best_cost = "".join(walker.sequence), walker.cost
-            if best_cost[0] == 0 or time.monotonic() >= deadline:
+            if best_cost[0] == 0 or out_of_budget():
                 break
             if walker.stale >= patience:
                 active[k] = fresh()
