@@ -300,17 +300,16 @@ def test_designed_training_sequences_look_like_designs():
 def test_repaired_designs_differ_from_the_targeted_design_only_where_the_fold_needs_it():
     """sequences=repaired: the targeted design where it folds right; else a fix of it where
     putting back any one changed pair or loop base (to the targeted design's) misfolds."""
-    free = lambda structure: "N" * len(structure)  # noqa: E731
     easy = "((((((....)))))).....((((....))))"
     assert repaired_design(easy, random.Random(5)) == targeted_design(
-        easy, free(easy), random.Random(5))
+        easy, "N" * len(easy), random.Random(5))
     hard = [s["inputs"] for s in RnaDesign(eval_size=8, min_length=40, max_length=70,
                                            sequences="random", hard_share=1.0)
             .generate_samples("validation")]
     repaired = 0
     for structure in hard:
         design = repaired_design(structure, random.Random(7))
-        start = targeted_design(structure, free(structure), random.Random(7))
+        start = targeted_design(structure, "N" * len(structure), random.Random(7))
         if fold(start)[0] == structure:  # this orientation of the pairs folds right as is
             assert design == start
             continue
