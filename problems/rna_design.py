@@ -235,9 +235,7 @@ def repaired_design(structure: str, rng: random.Random) -> str | None:
                            max_steps=REPAIR_STEPS)
     if fold(walked)[0] != structure:
         return None
-    units = [(i,) if j < 0 else (i, j) for i, j in enumerate(pair_table(structure))
-             if j < 0 or i < j]
-    design, reverted = list(walked), True
+    units, design, reverted = design_units(structure), list(walked), True
     while reverted:  # until no single change can go back: one put back may free another
         reverted = False
         for unit in units:
@@ -248,6 +246,12 @@ def repaired_design(structure: str, rng: random.Random) -> str | None:
                 if fold("".join(trial))[0] == structure:
                     design, reverted = trial, True
     return "".join(design)
+
+
+def design_units(structure: str) -> list[tuple[int, ...]]:
+    """The positions a design changes together: each loop base alone, each pair as (i, j)."""
+    return [(i,) if j < 0 else (i, j) for i, j in enumerate(pair_table(structure))
+            if j < 0 or i < j]
 
 
 def _targeted_misfolds(structure: str) -> bool:

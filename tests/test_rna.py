@@ -26,6 +26,7 @@ from problems.rna_design import (
     EXCLUDED,
     RnaDesign,
     RnaEterna100,
+    design_units,
     naive_design,
     read_puzzles,
     redrawn_design,
@@ -317,9 +318,8 @@ def test_repaired_designs_differ_from_the_targeted_design_only_where_the_fold_ne
             continue
         repaired += 1
         assert fold(design)[0] == structure
-        units = [(i,) if j < 0 else (i, j) for i, j in enumerate(pair_table(structure))
-                 if j < 0 or i < j]
-        changed = [u for u in units if any(design[k] != start[k] for k in u)]
+        changed = [unit for unit in design_units(structure)
+                   if any(design[k] != start[k] for k in unit)]
         assert changed
         for unit in changed:
             back = list(design)
