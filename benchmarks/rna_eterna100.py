@@ -130,13 +130,14 @@ def main() -> None:
     args = parser.parse_args()
 
     target = RnaEterna100(version=args.version, raw_dir=args.raw_dir)
-    puzzles = target.puzzles()[: args.limit]
+    every_puzzle = target.puzzles()
+    puzzles = every_puzzle[: args.limit]
     if args.puzzles:
         wanted = args.puzzles.split(",")
-        unknown = sorted(set(wanted) - {p["id"] for p in puzzles})
+        unknown = sorted(set(wanted) - {p["id"] for p in every_puzzle})
         if unknown:
             raise SystemExit(f"--puzzles: no puzzle with id {', '.join(unknown)} in Eterna100 "
-                             f"{args.version} (ids are 1 to {len(target.puzzles())})")
+                             f"{args.version} (ids are 1 to {len(every_puzzle)})")
         puzzles = [p for p in puzzles if p["id"] in wanted]
     methods = args.methods.split(",")
     _searchers["search"] = (None, target)
