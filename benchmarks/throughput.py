@@ -12,7 +12,8 @@ Printed: training target tokens/s (real tokens: non-pad, EOS included), padding 
 achieved FLOP/s and MFU against a matrix-product peak measured in this run, decoding
 sentences/s (greedy and beam 4), peak memory (GPU). The contestants' timed steps and decodes
 are interleaved, in rounds, so that the drift of a shared machine hits them alike; decoding
-reports the best of --decode-repeats.
+reports the best of --decode-repeats. Last, the time t2t's decodes spend in their matrix
+products alone (the same shapes, nothing else): what bounds any decoder of this model here.
 
 Model FLOPs are the issue's count, 6 x N x target tokens, with N the weights that multiply
 (matrices, the tied embedding/softmax once; no position tables, biases or norms): source and
@@ -124,7 +125,6 @@ class T2T:
         self.model = T2TModel(config, [(problem.inputs, problem.targets)]).to(device)
         self.lit = T2TLitModule(self.model, [problem], label_smoothing=0.1)
         self.loss = self.lit.loss
-        self.vocab = problem.targets.vocab_size
 
     def train_loss(self, batch):
         return self.loss({**batch, "problem": 0}, 0.1)[0]
@@ -141,19 +141,10 @@ class T2T:
         B = len(batch["inputs"])
         # The cache sized as t2t-decode sizes it (decode.max_length), not to the 30 steps run.
         state = decoder.start(batch["inputs"], batch["inputs_pad"], max(length, 256))
-        no_eos = None
-
-        def allowed(prefix):  # EOS banned: every hypothesis runs to `length` tokens
-            nonlocal no_eos
-            if no_eos is None or no_eos.size(0) != prefix.size(0):
-                no_eos = torch.ones(prefix.size(0), self.vocab, dtype=torch.bool,
-                                    device=prefix.device)
-                no_eos[:, EOS] = False
-            return no_eos
-
+        # EOS banned: every hypothesis runs to `length` tokens (BART: min_new_tokens).
         if beam == 1:
-            return decoding.greedy(decoder, state, B, length, allowed=allowed)
-        return decoding.beam_search(decoder, state, B, beam, length, allowed=allowed)[0]
+            return decoding.greedy(decoder, state, B, length, min_length=length)
+        return decoding.beam_search(decoder, state, B, beam, length, min_length=length)[0]
 
 
 class Bart:
@@ -217,6 +208,33 @@ def manual_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, sc
 
 
 # -- measurements -----------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def decode_matmul_seconds(model: T2TModel, rows: int, beam: int, length: int,
+                          device: torch.device, repeats: int) -> tuple[float, float]:
+    """The matrix products of t2t's fixed-length decode of `rows` sentences, and nothing else:
+    every decoder linear and the vocabulary projection at the rows each step has (`rows` on
+    the first, `rows * beam` after), on random inputs. Best of `repeats` (seconds), and the
+    FLOPs they do. No implementation of the same model and search does less arithmetic, so at
+    this machine's speed for these shapes it bounds any decoder's sentences/s from above."""
+    linears = [m.weight for layer in model.body.decoder for m in layer.modules()
+               if isinstance(m, torch.nn.Linear) and m is not layer.cross_attn.kv]
+    weights = [*linears, model.tops[model.keys[0][1]].embedding.weight]
+    flops = sum(2 * w.numel() * (rows + rows * beam * (length - 1)) for w in weights)
+    inputs = {n: {w.size(1): torch.randn(n, w.size(1), device=device) for w in weights}
+              for n in (rows, rows * beam)}
+    best = math.inf
+    for _ in range(1 + repeats):
+        sync(device)
+        start = time.perf_counter()
+        for step in range(length):
+            x = inputs[rows if step == 0 else rows * beam]
+            for w in weights:
+                F.linear(x[w.size(1)], w)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best, flops
 
 
 def to(batch, device):
@@ -426,6 +444,18 @@ def main() -> None:
               f"{ours['tok/s'] / default['tok/s']:.2f}x against HF's default batching"
               + ("" if "decode" in skip else f"; greedy {ours['beam1'] / same['beam1']:.2f}x, "
                  f"beam-4 {ours['beam4'] / same['beam4']:.2f}x"))
+    if "decode" not in skip:
+        sentences = len(decode_batch["inputs"])
+        print("\nt2t's decoding, its matrix products alone (the same shapes, nothing else; best "
+              f"of {args.decode_repeats}):")
+        for beam in (1, 4):
+            seconds, flops = decode_matmul_seconds(t2t.model, sentences, beam,
+                                                   args.decode_length, device,
+                                                   args.decode_repeats)
+            measured = sentences / rows[0][f"beam{beam}"]
+            print(f"- beam {beam}: {seconds:.3f} s of the {measured:.3f} s a decode took "
+                  f"({flops / seconds / 1e9:.0f} GFLOP/s): at most {sentences / seconds:.1f} "
+                  f"sent/s at this speed, {sentences * peak / flops:.1f} at the matmul peak")
 
 
 if __name__ == "__main__":

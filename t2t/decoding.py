@@ -86,19 +86,22 @@ def _allowed_mask(
     return mask if keep is None else mask[keep]
 
 
-def _next_logp(
+def _masked_logp(
     logits: torch.Tensor,
     prefix: torch.Tensor,
     done: torch.Tensor,
     allowed: Allowed | None,
     keep: torch.Tensor | None = None,
     batch_size: int = 0,
+    ban_eos: bool = False,
 ) -> torch.Tensor:
-    """(N, V) log-probs of the next token with PAD, BOS and disallowed tokens at -inf.
-    Rows that are `done` get a one-hot on PAD, so argmax, top-k and multinomial all emit PAD."""
-    logp = F.log_softmax(logits.float(), dim=-1)  # (N, V)
+    """(N, V) log-probs of the next token with PAD, BOS (EOS too when `ban_eos`) and disallowed
+    tokens at -inf; rows that are `done` are not masked for their sake."""
+    logp = F.log_softmax(logits.float(), dim=-1)  # (N, V), ours: masked in place
     logp[:, PAD] = -math.inf
     logp[:, BOS] = -math.inf
+    if ban_eos:
+        logp[:, EOS] = -math.inf
     if allowed is not None:
         mask = _allowed_mask(allowed, prefix, logp.size(-1), keep, batch_size)
         logp.masked_fill_(~mask.to(logp.device), -math.inf)
@@ -107,10 +110,25 @@ def _next_logp(
             i = int(stuck.nonzero()[0])
             raise ValueError(
                 f"allowed(prefix) leaves no token to emit for decoding row {i} after prefix "
-                f"{prefix[i].tolist()} (PAD and BOS are never emitted); a constraint must leave "
-                "every unfinished row at least one token, e.g. EOS"
+                f"{prefix[i].tolist()} (PAD and BOS are never emitted, nor EOS before "
+                "min_length); a constraint must leave every unfinished row at least one token, "
+                "e.g. EOS"
             )
-    # In place: this runs every step over (N, V), and logp is ours (fresh from log_softmax).
+    return logp
+
+
+def _next_logp(
+    logits: torch.Tensor,
+    prefix: torch.Tensor,
+    done: torch.Tensor,
+    allowed: Allowed | None,
+    keep: torch.Tensor | None = None,
+    batch_size: int = 0,
+    ban_eos: bool = False,
+) -> torch.Tensor:
+    """`_masked_logp`, and rows that are `done` get a one-hot on PAD, so argmax, top-k and
+    multinomial all emit PAD."""
+    logp = _masked_logp(logits, prefix, done, allowed, keep, batch_size, ban_eos)
     logp.masked_fill_(done.unsqueeze(-1), -math.inf)
     logp[:, PAD] = torch.where(done, 0.0, -math.inf)
     return logp
@@ -131,6 +149,7 @@ def _run(
     pick: Callable[[torch.Tensor], torch.Tensor],
     allowed: Allowed | None,
     rows: list[int] | None = None,
+    min_length: int = 0,
 ) -> torch.Tensor:
     """The left-to-right loop of greedy and sampling; `pick` maps (N, V) log-probs to (N,) ids.
     With `rows`, only those batch rows are decoded (selected after the first step)."""
@@ -151,7 +170,7 @@ def _run(
         if t:
             logits, state = decoder.step(out[:, -1], state)
             _check_rows(logits, n)
-        logp = _next_logp(logits, out, done, allowed, keep, batch_size)
+        logp = _next_logp(logits, out, done, allowed, keep, batch_size, t < min_length)
         token = pick(logp).masked_fill(done, PAD)  # (N,)
         out = torch.cat([out, token.unsqueeze(1)], dim=1)
         done = done | (token == EOS)
@@ -198,9 +217,12 @@ def greedy(
     batch_size: int,
     max_length: int,
     allowed: Allowed | None = None,
+    min_length: int = 0,
 ) -> torch.Tensor:
-    """Argmax decoding. Returns (B, L) ids without BOS and EOS, right-padded with PAD."""
-    return _run(decoder, state, batch_size, max_length, lambda logp: logp.argmax(dim=-1), allowed)
+    """Argmax decoding. Returns (B, L) ids without BOS and EOS, right-padded with PAD.
+    EOS is not emitted before `min_length` tokens."""
+    return _run(decoder, state, batch_size, max_length, lambda logp: logp.argmax(dim=-1), allowed,
+                min_length=min_length)
 
 
 @torch.no_grad()
@@ -213,12 +235,13 @@ def sample(
     top_k: int = 0,
     generator: torch.Generator | None = None,
     allowed: Allowed | None = None,
+    min_length: int = 0,
 ) -> torch.Tensor:
     """Ancestral sampling from softmax(log_probs / temperature), restricted to the top_k tokens
     when top_k > 0; temperature 0 is greedy. Pass a `generator` (on the model's device) for
-    reproducible draws. Returns (B, L) ids like `greedy`."""
+    reproducible draws. Returns (B, L) ids like `greedy`, EOS not before `min_length` tokens."""
     pick = _sampler(temperature, top_k, generator=generator)
-    return _run(decoder, state, batch_size, max_length, pick, allowed)
+    return _run(decoder, state, batch_size, max_length, pick, allowed, min_length=min_length)
 
 
 @torch.no_grad()
@@ -230,6 +253,7 @@ def beam_search(
     max_length: int,
     length_penalty: float = 0.6,
     allowed: Allowed | None = None,
+    min_length: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched beam search. Returns the best hypothesis per row (B, L), like `greedy`, and its
     score (B,): summed log-probs / ((5 + length) / 6) ** length_penalty (GNMT), where length
@@ -239,7 +263,8 @@ def beam_search(
     an EOS continuation among the top K finishes its hypothesis, which is kept, so a short
     hypothesis can still win; the K best others stay alive (so beam_size=1 is greedy). A row stops
     when it holds K finished hypotheses or when no alive one can still beat its best finished one;
-    hypotheses alive at max_length compete too, scored with length max_length.
+    hypotheses alive at max_length compete too, scored with length max_length. EOS is not
+    emitted before `min_length` tokens (fairseq's --min-len, Hugging Face's min_new_tokens).
     """
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
@@ -277,10 +302,14 @@ def beam_search(
             logits, state = decoder.step(alive_seq[:, :, -1].reshape(-1), state)
             _check_rows(logits, B * K)
         dead = (alive_score == -math.inf).view(-1)  # (B*K,): padding beams, stopped rows
-        logp = _next_logp(logits, alive_seq.view(B * K, t), dead, allowed)  # (B*K, V)
         # The best 2K of a row's K * V continuations are among each beam's own best 2K: rank
         # those few instead of adding the beam scores to all K * V log-probs.
+        logp = _masked_logp(logits, alive_seq.view(B * K, t), dead, allowed,
+                            ban_eos=t < min_length)  # (B*K, V)
         beam_logp, beam_token = logp.topk(per_beam, dim=1)  # (B*K, per_beam)
+        # Dead beams: masked here, on the few kept, rather than over all V (alive_score is
+        # -inf there anyway; this keeps a NaN from a degenerate row out of the ranking).
+        beam_logp.masked_fill_(dead.unsqueeze(-1), -math.inf)
         cand = (alive_score.unsqueeze(-1) + beam_logp.view(B, K, per_beam)).view(B, -1)
         cand_score, cand_index = cand.topk(n_cand, dim=1)  # (B, 2K), best first
         origin = cand_index // per_beam  # the beam it extends

@@ -263,6 +263,39 @@ def test_allowed_is_respected_by_all_decoders():
 
 
 @pytest.mark.parametrize("decoder", ["greedy", "beam", "sample"])
+def test_min_length_is_eos_banned_before_it(decoder):
+    # min_length=m must decode exactly as a constraint that forbids EOS on prefixes shorter
+    # than m: same tokens, same scores (the log-probs are normalised before the ban).
+    table = random_table(rows=12, vocab=VOCAB, seed=5)
+    table[..., EOS] += 3  # EOS is likely everywhere, so the ban has work to do
+    model = Markov(table)
+
+    def eos_after(m):
+        def allowed(prefix):
+            mask = torch.ones(prefix.size(0), VOCAB, dtype=torch.bool)
+            mask[:, EOS] = prefix.size(1) >= m
+            return mask
+        return allowed
+
+    def decode(**kwargs):
+        kwargs.update(batch_size=12, max_length=6)
+        if decoder == "greedy":
+            return greedy(model, model.start(), **kwargs), None
+        if decoder == "beam":
+            return beam_search(model, model.start(), beam_size=3, **kwargs)
+        return sample(model, model.start(), generator=torch.Generator().manual_seed(0),
+                      **kwargs), None
+
+    assert min(len(tokens) for tokens in strip(decode()[0])) < 3
+    ids, scores = decode(min_length=3)
+    assert min(len(tokens) for tokens in strip(ids)) == 3
+    want_ids, want_scores = decode(allowed=eos_after(3))
+    assert torch.equal(ids, want_ids)
+    if scores is not None:
+        assert torch.allclose(scores, want_scores)
+
+
+@pytest.mark.parametrize("decoder", ["greedy", "beam", "sample"])
 def test_a_row_without_allowed_tokens_raises(decoder):
     def only_pad_at_step_two(prefix):
         mask = torch.ones(prefix.size(0), VOCAB, dtype=torch.bool)
