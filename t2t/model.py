@@ -405,8 +405,10 @@ class Transformer(nn.Module):
         # Same dtype as the projections, so autocast-ed K/V are stored without a cast.
         shape = (B, c.num_heads, max_length, c.d_model // c.num_heads)
         dtype = cross_k[0].dtype if cross_k else memory.dtype
-        self_k = [memory.new_zeros(shape, dtype=dtype) for _ in self.decoder]
-        self_v = [memory.new_zeros(shape, dtype=dtype) for _ in self.decoder]
+        # Empty, not zeros: a position is only read once written, and zero-filling a cache
+        # sized for decode.max_length cost ~12 ms of a 0.6 s beam-4 decode of 32 sentences.
+        self_k = [memory.new_empty(shape, dtype=dtype) for _ in self.decoder]
+        self_v = [memory.new_empty(shape, dtype=dtype) for _ in self.decoder]
         memory_mask = ~memory_pad_mask.bool()[:, None, None, :]  # (B, 1, 1, S+1)
         return KVCache(self_k, self_v, cross_k, cross_v, memory_mask)
 
