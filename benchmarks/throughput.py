@@ -21,6 +21,7 @@ target sentences have about the same length here, so this stands for the encoder
 
     python benchmarks/throughput.py                                  # CPU, small, fp32
     python benchmarks/throughput.py --device cuda --model base --precision bf16 --compile layers
+    python benchmarks/throughput.py --packed-length 128      # t2t with data.packed_length too
 """
 
 from __future__ import annotations
@@ -71,15 +72,18 @@ def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
 
 
 def multi30k_batches(data_dir: str, raw_dir: str | None, max_tokens: int, max_rows: int,
-                     window: int, count: int):
-    """The problem and the first `count` training batches of its epoch plan, as t2t trains."""
+                     window: int, count: int, packed_length: int = 0):
+    """The problem and the first `count` training batches of its epoch plan, as t2t trains
+    (with `packed_length`, as t2t trains with data.packed_length)."""
     discover()
     problem = get_problem_class("translate_deen_multi30k")(raw_dir=raw_dir)
     problem_dir = generate(problem, data_dir, progress=False)
-    settings = PlanSettings(max_tokens=max_tokens, max_rows=max_rows, window=window)
+    settings = PlanSettings(max_tokens=max_tokens, max_rows=max_rows, window=window,
+                            packed_length=packed_length)
     batches = []
+    keys = ("inputs", "inputs_pad", "targets", "labels", "packing")
     for batch in PlannedBatches(problem, problem_dir, "train", 0, settings):
-        batches.append({k: batch[k] for k in ("inputs", "inputs_pad", "targets")})
+        batches.append({k: batch[k] for k in keys if k in batch})
         if len(batches) == count:
             break
     return problem, batches
@@ -238,17 +242,24 @@ def decode_matmul_seconds(model: T2TModel, rows: int, beam: int, length: int,
 
 
 def to(batch, device):
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    return {k: to(v, device) if isinstance(v, dict) else v.to(device, non_blocking=True)
+            for k, v in batch.items()}
+
+
+def labels(batch):
+    return batch["labels"] if "labels" in batch else add_eos(batch["targets"])
 
 
 def real_tokens(batch) -> int:
-    return int((batch["targets"] != PAD).sum()) + len(batch["targets"])  # + one EOS per row
+    return int((labels(batch) != PAD).sum())  # the target tokens and each one's EOS
 
 
 def padding(batches) -> float:
     real = sum(real_tokens(b) for b in batches)
-    slots = sum(b["targets"].numel() + len(b["targets"]) for b in batches)
-    return 1.0 - real / slots
+    return 1.0 - real / sum(labels(b).numel() for b in batches)
+
+
+SAME, DEFAULT = "HF BART, t2t's batches", "HF BART, 64-pair batches (HF default)"
 
 
 class Run:
@@ -320,6 +331,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=0,
                         help="padded target tokens per batch (default: ~64 sentences)")
     parser.add_argument("--max-rows", type=int, default=64)
+    parser.add_argument("--packed-length", type=int, default=0,
+                        help="t2t trains on batches packed into rows of this length "
+                             "(data.packed_length); BART keeps the unpacked ones")
     parser.add_argument("--batches", type=int, default=8, help="distinct batches, cycled")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
@@ -355,12 +369,16 @@ def main() -> None:
     torch.manual_seed(0)
     t2t = T2T(problem, config, device)
     runs = [Run("t2t", t2t, batches, device, autocast)]
+    if args.packed_length:  # the same token budget, the plan t2t-train packs
+        packed = multi30k_batches(args.data_dir, args.raw_dir, max_tokens, args.max_rows,
+                                  args.window, args.batches, args.packed_length)[1]
+        runs.append(Run(f"t2t, rows packed to {args.packed_length}", t2t, packed, device,
+                        autocast))
     if "hf" not in skip:
         torch.manual_seed(0)
         bart = Bart(problem, config, device, vocab_size)
-        runs.append(Run("HF BART, t2t's batches", bart, batches, device, autocast))
-        runs.append(Run("HF BART, 64-pair batches (HF default)", bart,
-                        hf_default_batches(batches, 64), device, autocast))
+        runs.append(Run(SAME, bart, batches, device, autocast))
+        runs.append(Run(DEFAULT, bart, hf_default_batches(batches, 64), device, autocast))
 
     if args.sdpa == "manual":
         F.scaled_dot_product_attention = manual_attention  # what the model calls, replaced
@@ -396,7 +414,8 @@ def main() -> None:
         print(profiler.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60))
 
     # Decoding: the same sentences, one warm-up decode each, then interleaved repeats.
-    decoders = runs[:2]  # BART decodes the same way whichever batches it trained on
+    # t2t and BART decode the same way whichever batches they trained on.
+    decoders = [run for run in runs if run.name in ("t2t", SAME)]
     decode_batch = to(decode_batch, device)
     if "decode" not in skip:
         for beam in (1, 4):
@@ -438,12 +457,15 @@ def main() -> None:
               f"{r['flops'] / 1e12:.3f} | {r['mfu']:.1%} | {r.get('beam1', math.nan):.1f} | "
               f"{r.get('beam4', math.nan):.1f} |")
     print(f"\npeak GPU memory, all contestants: {memory:.2f} GiB" if device.type == "cuda" else "")
-    if len(rows) == 3:
-        ours, same, default = rows
-        print(f"t2t / HF BART: training {ours['tok/s'] / same['tok/s']:.2f}x on t2t's batches, "
-              f"{ours['tok/s'] / default['tok/s']:.2f}x against HF's default batching"
-              + ("" if "decode" in skip else f"; greedy {ours['beam1'] / same['beam1']:.2f}x, "
-                 f"beam-4 {ours['beam4'] / same['beam4']:.2f}x"))
+    by_name = {r["name"]: r for r in rows}
+    if SAME in by_name:
+        same, default = by_name[SAME], by_name[DEFAULT]
+        for ours in rows[:len(rows) - 2]:
+            print(f"{ours['name']} / HF BART: training {ours['tok/s'] / same['tok/s']:.2f}x on "
+                  f"t2t's batches, {ours['tok/s'] / default['tok/s']:.2f}x against HF's default "
+                  "batching" + ("" if "decode" in skip or "beam1" not in ours else
+                                f"; greedy {ours['beam1'] / same['beam1']:.2f}x, "
+                                f"beam-4 {ours['beam4'] / same['beam4']:.2f}x"))
     if "decode" not in skip:
         sentences = len(decode_batch["inputs"])
         print("\nt2t's decoding, its matrix products alone (the same shapes, nothing else; best "

@@ -52,6 +52,7 @@ class TextModality(Modality):
     """
 
     kind = "text"
+    packable = True  # one embedding per token id
     extension = "ids"
 
     def __init__(

@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from t2t.data import ROLES, read_meta, restore_vocabularies, shard_pipeline, split_shards
+from t2t.decoding import BOS, EOS
 from t2t.errors import UserError
 from t2t.problem import Problem
 
@@ -42,6 +43,9 @@ class PlanSettings:
     window: int = 4096  # samples sorted together when bucketing by length
     seed: int = 1
     shuffle: bool = True
+    # > 0: several samples share a row of this many positions per side (tensor2tensor's
+    # packed_length), each behind a BOS; the model keeps them apart (see `pack`).
+    packed_length: int = 0
 
 
 def rank_order(counts: list[int], epoch: int, world: int, rank: int, s: PlanSettings
@@ -58,6 +62,30 @@ def rank_order(counts: list[int], epoch: int, world: int, rank: int, s: PlanSett
     return everything[rank::world]
 
 
+def pack(lengths: np.ndarray, capacity: int) -> list[list[int]]:
+    """First fit: rows of sample positions (into `lengths`, (N, 2) inputs and targets
+    lengths), in order, each sample placed in the first row where both sides still have room
+    for its length + 1 (its BOS). `capacity` must hold every sample."""
+    rows: list[list[int]] = []
+    room: list[list[int]] = []  # per row: positions left on the inputs and the targets side
+    open_rows: list[int] = []  # rows with room for the shortest sample (length 1) on both sides
+    for i, (source, target) in enumerate(lengths.tolist()):
+        for r in open_rows:
+            if source < room[r][0] and target < room[r][1]:
+                break
+        else:
+            r = len(rows)
+            rows.append([])
+            room.append([capacity, capacity])
+            open_rows.append(r)
+        rows[r].append(i)
+        room[r][0] -= source + 1
+        room[r][1] -= target + 1
+        if min(room[r]) < 2:
+            open_rows.remove(r)
+    return rows
+
+
 def plan_rank(order: np.ndarray, lengths: np.ndarray, epoch: int, rank: int, s: PlanSettings
               ) -> list[np.ndarray]:
     """Token-budget batches (arrays of global indices) over one rank's samples."""
@@ -66,18 +94,31 @@ def plan_rank(order: np.ndarray, lengths: np.ndarray, epoch: int, rank: int, s: 
     for w, start in enumerate(range(0, len(order), s.window)):
         window = order[start:start + s.window]
         window = window[np.argsort(sizes[window], kind="stable")]
-        window_batches, begin = [], 0
-        for end in range(1, len(window) + 1):
-            rows, longest = end - begin, sizes[window[end - 1]]
-            if end - begin > 1 and (rows * longest > s.max_tokens or rows > s.max_rows):
-                window_batches.append(window[begin:end - 1])
-                begin = end - 1
-        window_batches.append(window[begin:])
+        if s.packed_length:
+            window_batches = packed_batches(window[::-1], lengths, s)
+        else:
+            window_batches, begin = [], 0
+            for end in range(1, len(window) + 1):
+                rows, longest = end - begin, sizes[window[end - 1]]
+                if end - begin > 1 and (rows * longest > s.max_tokens or rows > s.max_rows):
+                    window_batches.append(window[begin:end - 1])
+                    begin = end - 1
+            window_batches.append(window[begin:])
         if s.shuffle:
             rng = np.random.default_rng([s.seed, epoch, rank, w])
             window_batches = [window_batches[i] for i in rng.permutation(len(window_batches))]
         batches += window_batches
     return batches
+
+
+def packed_batches(window: np.ndarray, lengths: np.ndarray, s: PlanSettings
+                   ) -> list[np.ndarray]:
+    """A window's samples (longest first: first fit decreasing) packed into rows, then
+    max_tokens // packed_length rows a batch. A batch lists its samples row after row, so that
+    packing them again at collate time, in that order, gives back the same rows."""
+    per_batch = max(1, min(s.max_rows, s.max_tokens // s.packed_length))
+    rows = [window[row] for row in pack(lengths[window], s.packed_length)]
+    return [np.concatenate(rows[i:i + per_batch]) for i in range(0, len(rows), per_batch)]
 
 
 def equalize(plans: list[list[np.ndarray]], lengths: np.ndarray) -> list[list[np.ndarray]]:
@@ -138,6 +179,19 @@ class PlannedBatches(IterableDataset):
         self.shards = split_shards(problem_dir, split, meta)
         self.counts = [s["count"] for s in self.shards]
         self.lengths = np.load(Path(problem_dir) / meta["splits"][split]["lengths"])
+        if settings.packed_length:
+            roles = (problem.inputs, problem.targets)
+            if not all(modality.packable for modality in roles):
+                raise UserError(
+                    f"data.packed_length={settings.packed_length}: {problem.name} has "
+                    f"{' -> '.join(m.describe() for m in roles)}; packing needs token sequences "
+                    "on both sides (text). Use data.packed_length=0 for it")
+            longest = int(self.lengths.max()) + 1 if len(self.lengths) else 0
+            if longest > settings.packed_length:
+                raise UserError(
+                    f"data.packed_length={settings.packed_length} is shorter than the longest "
+                    f"{split} sample of {problem.name} ({longest} positions with its BOS): "
+                    f"raise it to at least {longest}, or lower the problem's max_length")
         self.world, self.rank = world, rank
         self.epoch, self.skip = 0, 0
         self._len = len(epoch_plan(self.counts, self.lengths, 0, world, rank, settings))
@@ -195,11 +249,49 @@ class PlannedBatches(IterableDataset):
                                  for r in ROLES}}
 
     def _collate(self, samples: list[dict], weight: float) -> dict[str, Any]:
+        batch = {"problem": self.problem_index, "keys": [s["key"] for s in samples],
+                 "weight": weight, "references": [s["references"] for s in samples]}
+        if self.settings.packed_length:
+            return {**batch, **packed_rows(samples, self.settings.packed_length)}
         inputs, inputs_pad = self.problem.inputs.collate([s["inputs"] for s in samples])
         targets, _ = self.problem.targets.collate([s["targets"] for s in samples])
-        return {"problem": self.problem_index, "inputs": inputs, "inputs_pad": inputs_pad,
-                "targets": targets, "keys": [s["key"] for s in samples], "weight": weight,
-                "references": [s["references"] for s in samples]}
+        return {**batch, "inputs": inputs, "inputs_pad": inputs_pad, "targets": targets}
+
+
+def packed_rows(samples: list[dict], capacity: int) -> dict[str, Any]:
+    """Token-id samples packed into rows (`pack`, in the given order). Each segment is BOS +
+    its tokens on both sides: the model puts the problem token on the inputs' BOS and the
+    problem's BOS vector on the targets'. "targets" are the decoder's inputs, "labels" what
+    each position predicts (the segment's tokens, then EOS); "packing" holds each position's
+    segment (1, 2, ... in its row; 0 = padding) and its position within the segment."""
+    lengths = np.array([[len(s["inputs"]), len(s["targets"])] for s in samples])
+    rows = pack(lengths, capacity)
+    out = {}
+    for side, role in enumerate(("inputs", "targets")):
+        width = max(int(sum(lengths[i, side] + 1 for i in row)) for row in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        labels = torch.zeros_like(ids)
+        segments, positions = torch.zeros_like(ids), torch.zeros_like(ids)
+        for r, row in enumerate(rows):
+            start = 0
+            for segment, i in enumerate(row, start=1):
+                tokens = samples[i][role]
+                end = start + len(tokens) + 1
+                ids[r, start] = BOS
+                ids[r, start + 1:end] = tokens
+                labels[r, start:end - 1] = tokens
+                labels[r, end - 1] = EOS
+                segments[r, start:end] = segment
+                positions[r, start:end] = torch.arange(end - start)
+                start = end
+        out[role] = ids
+        out[f"{role}_segments"], out[f"{role}_positions"] = segments, positions
+        if role == "targets":
+            out["labels"] = labels
+    return {"inputs": out["inputs"], "inputs_pad": out["inputs_segments"] == 0,
+            "targets": out["targets"], "labels": out["labels"],
+            "packing": {k: out[k] for k in ("inputs_segments", "inputs_positions",
+                                            "targets_segments", "targets_positions")}}
 
 
 def mixture_weights(rates: Any, sizes: list[int], temperature: float = 1.0) -> np.ndarray:
@@ -322,12 +414,12 @@ class T2TDataModule(L.LightningDataModule):
     def __init__(self, problems: list[Problem], problem_dirs: list[Path], *,
                  rates: Any = "examples", temperature: float = 1.0, max_tokens: int = 4096,
                  max_rows: int = 512, window: int = 4096, seed: int = 1, num_workers: int = 1,
-                 val_split: str = "validation"):
+                 val_split: str = "validation", packed_length: int = 0):
         super().__init__()
         self.problems, self.problem_dirs = problems, problem_dirs
         self.rates, self.temperature = rates, temperature
         self.settings = PlanSettings(max_tokens=max_tokens, max_rows=max_rows, window=window,
-                                     seed=seed)
+                                     seed=seed, packed_length=packed_length)
         self.num_workers, self.val_split = num_workers, val_split
 
     def _ranks(self) -> tuple[int, int]:
@@ -341,11 +433,20 @@ class T2TDataModule(L.LightningDataModule):
     def _batches(self, split: str, settings: PlanSettings, augment: bool
                  ) -> list[PlannedBatches]:
         world, rank = self._ranks()
-        return [PlannedBatches(problem, problem_dir, split, index, settings, world, rank,
+        return [PlannedBatches(problem, problem_dir, split, index,
+                               self._member_settings(problem, settings), world, rank,
                                augment=augment)
                 for index, (problem, problem_dir) in enumerate(zip(self.problems,
                                                                    self.problem_dirs,
                                                                    strict=True))]
+
+    def _member_settings(self, problem: Problem, settings: PlanSettings) -> PlanSettings:
+        # A mixture packs the members that can be packed; a single problem that cannot is
+        # told so (PlannedBatches raises).
+        packable = problem.inputs.packable and problem.targets.packable
+        if len(self.problems) > 1 and not packable:
+            return dataclasses.replace(settings, packed_length=0)
+        return settings
 
     def train_dataloader(self) -> PlannedLoader:
         members = self._batches("train", self.settings, augment=True)
@@ -359,7 +460,8 @@ class T2TDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> PlannedLoader | list[PlannedLoader]:
         """One loader per problem: validation reports every member on its own."""
-        settings = dataclasses.replace(self.settings, shuffle=False)
+        # Unpacked: validation decodes its batches, one input a row.
+        settings = dataclasses.replace(self.settings, shuffle=False, packed_length=0)
         loaders = [make_loader(dataset, min(self.num_workers, 1))
                    for dataset in self._batches(self.val_split, settings, augment=False)]
         return loaders[0] if len(loaders) == 1 else loaders

@@ -95,18 +95,22 @@ class T2TLitModule(L.LightningModule):
         order of the inputs (OCR, speech), CTC teaches the encoder where each symbol is,
         which the attention decoder otherwise needs many more steps to discover
         (hybrid CTC/attention, Kim, Hori and Watanabe 2017)."""
-        problem = batch["problem"]
-        labels = add_eos(batch["targets"]).flatten()  # (B * (T+1),)
+        problem, packing = batch["problem"], batch.get("packing")
+        # Packed rows (t2t.datamodule.packed_rows) come with their labels: (B, T).
+        labels = (batch["labels"] if packing else add_eos(batch["targets"])).flatten()
         # The decoder's feed-forward blocks and the softmax run only where there is a label.
         # The indices first: on a GPU, nonzero waits for the queue, which is still empty here.
         rows = (labels != PAD).nonzero().squeeze(1)  # (N,)
-        memory, memory_pad = self.model.encode(problem, batch["inputs"], batch["inputs_pad"])
+        memory, memory_pad = self.model.encode(problem, batch["inputs"], batch["inputs_pad"],
+                                               packing)
         hidden = self.model.decoder_states(problem, memory, memory_pad, batch["targets"],
-                                           rows=rows)  # (B, T+1, C)
+                                           rows=rows, packing=packing)  # (B, T+1, C)
         logits = self.model.logits(problem, hidden.flatten(0, 1).index_select(0, rows))
         loss = F.cross_entropy(logits.float(), labels.index_select(0, rows),
                                label_smoothing=label_smoothing)  # (N, V) against (N,)
         if ctc_weight:
+            if packing:
+                raise UserError("ctc_weight needs unpacked batches: use data.packed_length=0")
             log_probs = self.model.encoder_logits(problem, memory).float().log_softmax(-1)
             ctc = F.ctc_loss(log_probs.transpose(0, 1), batch["targets"],
                              (~memory_pad).sum(dim=1), (batch["targets"] != PAD).sum(dim=1),
@@ -127,7 +131,9 @@ class T2TLitModule(L.LightningModule):
         if self._clock is not None:
             self.log("train/tokens_per_s", tokens / max(now - self._clock, 1e-9))
         self._clock = now
-        padding = 1.0 - tokens / (batch["targets"].numel() + len(batch["targets"]))
+        slots = batch["labels"].numel() if "labels" in batch else \
+            batch["targets"].numel() + len(batch["targets"])
+        padding = 1.0 - tokens / slots
         self.log_dict({"train/loss": loss, "train/padding": padding,
                        "train/lr": self.optimizers().param_groups[0]["lr"]},
                       prog_bar=True, batch_size=len(batch["targets"]))

@@ -25,6 +25,9 @@ class Modality:
     # Whether datagen drops samples longer than max_length (False where `load` scales every
     # value to a bounded size anyway, as images are).
     length_limited: ClassVar[bool] = True
+    # Whether samples may share a batch row (data.packed_length): token ids whose bottom
+    # embeds each position on its own, so that neighbours in a row do not mix.
+    packable: ClassVar[bool] = False
 
     @property
     def key(self) -> str:

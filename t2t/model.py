@@ -212,10 +212,12 @@ class DecoderLayer(nn.Module):
         self.drop = Dropout(c.dropout)
 
     def forward(self, x: Tensor, memory_kv: tuple[Tensor, Tensor], memory_mask: Tensor,
-                cache: tuple[Tensor, Tensor] | None = None, rows: Tensor | None = None
-                ) -> Tensor:
+                cache: tuple[Tensor, Tensor] | None = None, rows: Tensor | None = None,
+                self_mask: Tensor | None = None) -> Tensor:
         # Teacher forcing over all T positions at once; is_causal lets SDPA pick fused kernels.
-        x = x + self.drop(self.self_attn(self.norm1(x), is_causal=True, cache=cache))
+        # Packed rows bring their own causal mask, which also keeps segments apart.
+        x = x + self.drop(self.self_attn(self.norm1(x), attn_mask=self_mask,
+                                         is_causal=self_mask is None, cache=cache))
         x = x + self.drop(self.cross_attn(self.norm2(x), *memory_kv, attn_mask=memory_mask))
         return add_on_rows(x, lambda h: self.drop(self.ff(self.norm3(h))), rows)  # (B, T, C)
 
@@ -340,12 +342,25 @@ class Transformer(nn.Module):
                              f"max_positions={self.config.max_positions}")
         return self.drop(x + self.positions[start:end].to(x.dtype))
 
-    def encode(self, x: Tensor, pad_mask: Tensor, problem: Tensor) -> tuple[Tensor, Tensor]:
+    def _add_positions_at(self, x: Tensor, positions: Tensor) -> Tensor:
+        # x (B, T, C), positions (B, T): packed rows, whose segments each count from 0, so
+        # none is beyond the row's width (checked so, not by reading them: no device sync).
+        if positions.size(1) > self.config.max_positions:
+            raise ValueError(f"packed rows of {positions.size(1)} positions are longer than "
+                             f"max_positions={self.config.max_positions}")
+        return self.drop(x + self.positions[positions].to(x.dtype))
+
+    def encode(self, x: Tensor, pad_mask: Tensor, problem: Tensor,
+               packing: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """Run the encoder over embedded inputs with the problem token in front.
 
         x: (B, S, C) embedded inputs; pad_mask: (B, S) bool, True = padding;
         problem: (B,) long problem ids. Returns (memory (B, S+1, C), memory_pad_mask (B, S+1)).
+        Packed rows (`packing`, see t2t.datamodule.packed_rows) hold several segments, each
+        starting with a BOS where the problem token goes: memory keeps their shape (B, S).
         """
+        if packing is not None:
+            return self._encode_packed(x, problem, packing)
         B = x.size(0)
         token = self.problem_embedding(problem)[:, None, :].to(x.dtype)  # (B, 1, C)
         x = torch.cat([token, x], dim=1)  # (B, S+1, C)
@@ -359,8 +374,24 @@ class Transformer(nn.Module):
             x = layer(x, attn_mask, rows)
         return self.encoder_norm(x), pad_mask
 
+    def _encode_packed(self, x: Tensor, problem: Tensor, packing: dict[str, Tensor]
+                       ) -> tuple[Tensor, Tensor]:
+        segments, positions = packing["inputs_segments"], packing["inputs_positions"]
+        starts = ((positions == 0) & (segments > 0)).unsqueeze(-1)  # (B, S, 1)
+        x = torch.where(starts, self.problem_embedding(problem)[:, None, :].to(x.dtype), x)
+        x = self._add_positions_at(x, positions)
+        # Attend within the segment. Padding (segment 0) attends to padding, so no row of
+        # the mask is empty (an empty one gives NaN); nothing reads those positions.
+        attn_mask = (segments[:, :, None] == segments[:, None, :]).unsqueeze(1)  # (B, 1, S, S)
+        pad_mask = segments == 0
+        rows = (~pad_mask).flatten().nonzero().squeeze(1)
+        for layer in self.encoder:
+            x = layer(x, attn_mask, rows)
+        return self.encoder_norm(x), pad_mask
+
     def decode(self, y: Tensor, memory: Tensor, memory_pad_mask: Tensor, problem: Tensor,
-               cache: KVCache | None = None, rows: Tensor | None = None) -> Tensor:
+               cache: KVCache | None = None, rows: Tensor | None = None,
+               packing: dict[str, Tensor] | None = None) -> Tensor:
         """Teacher-forced decoder pass; the per-problem BOS is prepended here.
 
         y: (B, T, C) embedded target tokens 1..T (no BOS, no shift: pass the whole target).
@@ -372,7 +403,11 @@ class Transformer(nn.Module):
         can continue after y (decoding forced to start with a given prefix).
         With `rows` (flat indices into the B * (T+1) positions: those with a label, i.e. BOS
         and the real target tokens), the feed-forward blocks skip the others (padding).
+        Packed rows (`packing`): y embeds BOS + tokens of each segment, the problem's BOS vector
+        replaces each of those BOS, and the result keeps y's shape (B, T, C).
         """
+        if packing is not None:
+            return self._decode_packed(y, memory, problem, rows, packing)
         x = torch.cat([self.bos(problem)[:, None, :].to(y.dtype), y], dim=1)  # (B, T+1, C)
         x = self._add_positions(x)
         if cache is None:
@@ -388,6 +423,24 @@ class Transformer(nn.Module):
                 x = layer(x, (cache.cross_k[i], cache.cross_v[i]), cache.memory_mask,
                           cache=(cache.self_k[i], cache.self_v[i]))
             cache.length = x.size(1)
+        return self.decoder_norm(x)
+
+    def _decode_packed(self, y: Tensor, memory: Tensor, problem: Tensor, rows: Tensor | None,
+                       packing: dict[str, Tensor]) -> Tensor:
+        segments, positions = packing["targets_segments"], packing["targets_positions"]
+        starts = ((positions == 0) & (segments > 0)).unsqueeze(-1)  # (B, T, 1)
+        x = torch.where(starts, self.bos(problem)[:, None, :].to(y.dtype), y)
+        x = self._add_positions_at(x, positions)
+        T = x.size(1)
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        self_mask = ((segments[:, :, None] == segments[:, None, :]) & causal).unsqueeze(1)
+        # A target segment reads its own source segment; padding reads everything, so that
+        # its row of the mask is never empty (NaN).
+        memory_mask = ((segments[:, :, None] == packing["inputs_segments"][:, None, :])
+                       | (segments == 0)[:, :, None]).unsqueeze(1)  # (B, 1, T, S)
+        for layer in self.decoder:
+            x = layer(x, layer.cross_attn.project_memory(memory), memory_mask, rows=rows,
+                      self_mask=self_mask)
         return self.decoder_norm(x)
 
     def new_cache(self, memory: Tensor, memory_pad_mask: Tensor, max_length: int) -> KVCache:
@@ -466,10 +519,11 @@ class T2TModel(nn.Module):
                 self.tops[target_key] = targets.top(config.d_model, self.bottoms[target_key])
             self.keys.append((_module_key(inputs.key), target_key))
 
-    def encode(self, problem: int, inputs: Tensor, inputs_pad: Tensor) -> tuple[Tensor, Tensor]:
+    def encode(self, problem: int, inputs: Tensor, inputs_pad: Tensor,
+               packing: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         x, pad = self.bottoms[self.keys[problem][0]](inputs, inputs_pad)  # (B, S, C), (B, S)
         problems = torch.full((x.shape[0],), problem, dtype=torch.long, device=x.device)
-        return self.body.encode(x, pad, problems)  # (B, S+1, C), (B, S+1)
+        return self.body.encode(x, pad, problems, packing)  # (B, S+1, C), (B, S+1)
 
     def forward(self, problem: int, inputs: Tensor, inputs_pad: Tensor, targets: Tensor
                 ) -> Tensor:
@@ -483,12 +537,13 @@ class T2TModel(nn.Module):
         return self.logits(problem, self.decoder_states(problem, memory, memory_pad, targets))
 
     def decoder_states(self, problem: int, memory: Tensor, memory_pad: Tensor,
-                       targets: Tensor, rows: Tensor | None = None) -> Tensor:
+                       targets: Tensor, rows: Tensor | None = None,
+                       packing: dict[str, Tensor] | None = None) -> Tensor:
         """Teacher-forced decoder hidden states (B, T+1, C), before the top; with `rows`,
-        computed only there (see `Transformer.decode`)."""
+        computed only there (see `Transformer.decode`); (B, T, C) for packed rows."""
         y, _ = self.bottoms[self.keys[problem][1]](targets)  # (B, T, C)
         problems = torch.full((y.shape[0],), problem, dtype=torch.long, device=y.device)
-        return self.body.decode(y, memory, memory_pad, problems, rows=rows)
+        return self.body.decode(y, memory, memory_pad, problems, rows=rows, packing=packing)
 
     def logits(self, problem: int, hidden: Tensor) -> Tensor:
         """The problem's target top over hidden states (..., C) -> (..., V), position-wise:

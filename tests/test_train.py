@@ -292,6 +292,20 @@ def test_bf16_mixed_precision_trains_and_validates(tmp_path):
     assert "metrics after 10 steps" in trained.stdout
 
 
+def test_packed_batches_train_and_a_too_short_packed_length_is_one_clear_error(tmp_path):
+    common = [*FAST, "trainer.max_steps=10", "trainer.val_check_interval=10",
+              f"data_dir={tmp_path / 'data'}"]
+    trained = run_command("t2t-train", *common, "data.packed_length=64",
+                          f"run_dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "metrics after 10 steps" in trained.stdout
+    short = run_command("t2t-train", *common, "data.packed_length=12",
+                        f"run_dir={tmp_path / 'short'}", cwd=tmp_path)
+    assert short.returncode == 1
+    assert "data.packed_length=12 is shorter than the longest train sample" in short.stderr
+    assert "Traceback" not in short.stderr
+
+
 def test_weight_average_ramps_up_then_decays_at_the_given_rate():
     from torch.optim.swa_utils import AveragedModel
 
