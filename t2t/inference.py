@@ -18,6 +18,21 @@ from t2t.problem import Problem
 from t2t.registry import problems as registry
 
 
+def resolve_device(name: str) -> torch.device:
+    """decode.device: "auto" (the GPU when there is one, else the CPU), "cpu", "cuda", "cuda:1"."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device={name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={name}: no CUDA device on this machine; use device=cpu or auto")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"device={name}: t2t decodes on cpu or cuda; use device=auto")
+    return device
+
+
 def load_checkpoint(path: str | Path) -> tuple[T2TModel, list[Problem]]:
     """The model (eval mode, CPU) and the problems it was trained on, with their vocabularies."""
     path = Path(path)

@@ -186,6 +186,25 @@ def test_decode_with_a_missing_or_foreign_checkpoint_is_one_clear_error(tmp_path
                            "input=123", cwd=tmp_path)
     assert not_ours.returncode == 1
     assert f"error: {foreign} is not a t2t checkpoint" in not_ours.stderr
+    bad_device = run_command("t2t-decode", "problem=algorithmic_reverse", f"ckpt={foreign}",
+                             "input=123", "device=gpu0", cwd=tmp_path)
+    assert bad_device.returncode == 1
+    assert "error: device='gpu0' is not a device: use auto, cpu, cuda or cuda:N" in \
+        bad_device.stderr
+
+
+def test_decode_device_is_resolved_or_refused_in_one_line():
+    from t2t.errors import UserError
+    from t2t.inference import resolve_device
+
+    has_cuda = torch.cuda.is_available()
+    assert resolve_device("auto").type == ("cuda" if has_cuda else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not has_cuda:
+        with pytest.raises(UserError, match="no CUDA device on this machine; use device=cpu"):
+            resolve_device("cuda:0")
+    with pytest.raises(UserError, match="t2t decodes on cpu or cuda"):
+        resolve_device("meta")
 
 
 @pytest.mark.timeout(300)

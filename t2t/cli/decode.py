@@ -34,9 +34,11 @@ def decode_settings(decode: Any) -> dict[str, Any]:
 
 def decode(config: Any) -> None:
     from t2t.cli.common import build_problem
-    from t2t.inference import batches, decode_raw, load_checkpoint, select_problem
+    from t2t.inference import batches, decode_raw, load_checkpoint, resolve_device, select_problem
 
+    device = resolve_device(config.device)
     model, problems = load_checkpoint(config.ckpt)
+    model.to(device)
     requested = build_problem(config.problem)
     index = select_problem(problems, requested.name, config.ckpt, requested)
     problem = problems[index] if problems[index].name == requested.name else requested

@@ -16,10 +16,18 @@ def evaluate(config: Any) -> None:
     from t2t.cli.decode import decode_settings
     from t2t.cli.report import console
     from t2t.data import generate, read_split
-    from t2t.inference import batches, decode_loaded, load_checkpoint, select_problem
+    from t2t.inference import (
+        batches,
+        decode_loaded,
+        load_checkpoint,
+        resolve_device,
+        select_problem,
+    )
     from t2t.metrics import get_metric
 
+    device = resolve_device(config.device)
     model, problems = load_checkpoint(config.ckpt)
+    model.to(device)
     # The split's shards: made from the command line's problem options, with the
     # checkpoint's vocabulary (checked below).
     shards_problem = build_problem(config.problem)
@@ -65,7 +73,7 @@ def evaluate(config: Any) -> None:
     how = (f"search: best of {best_of}, {settings['time_budget_s']} s each" if best_of
            else f"beam {settings['beam_size']}")
     table = Table(title=f"{problem.name} / {config.split}: {len(samples)} examples, {how}, "
-                        f"{seconds:.1f} s")
+                        f"{seconds:.1f} s on {device}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name in problem.metrics:
