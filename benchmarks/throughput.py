@@ -460,7 +460,7 @@ def main() -> None:
     by_name = {r["name"]: r for r in rows}
     if SAME in by_name:
         same, default = by_name[SAME], by_name[DEFAULT]
-        for ours in rows[:len(rows) - 2]:
+        for ours in [r for r in rows if r["name"] not in (SAME, DEFAULT)]:
             print(f"{ours['name']} / HF BART: training {ours['tok/s'] / same['tok/s']:.2f}x on "
                   f"t2t's batches, {ours['tok/s'] / default['tok/s']:.2f}x against HF's default "
                   "batching" + ("" if "decode" in skip or "beam1" not in ours else

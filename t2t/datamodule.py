@@ -28,10 +28,11 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from t2t.data import ROLES, read_meta, restore_vocabularies, shard_pipeline, split_shards
-from t2t.decoding import BOS, EOS
+from t2t.decoding import BOS, EOS, PAD
 from t2t.errors import UserError
 from t2t.problem import Problem
 
@@ -94,20 +95,26 @@ def plan_rank(order: np.ndarray, lengths: np.ndarray, epoch: int, rank: int, s: 
     for w, start in enumerate(range(0, len(order), s.window)):
         window = order[start:start + s.window]
         window = window[np.argsort(sizes[window], kind="stable")]
-        if s.packed_length:
-            window_batches = packed_batches(window[::-1], lengths, s)
-        else:
-            window_batches, begin = [], 0
-            for end in range(1, len(window) + 1):
-                rows, longest = end - begin, sizes[window[end - 1]]
-                if end - begin > 1 and (rows * longest > s.max_tokens or rows > s.max_rows):
-                    window_batches.append(window[begin:end - 1])
-                    begin = end - 1
-            window_batches.append(window[begin:])
+        window_batches = (packed_batches(window[::-1], lengths, s) if s.packed_length
+                          else bucketed_batches(window, sizes, s))
         if s.shuffle:
             rng = np.random.default_rng([s.seed, epoch, rank, w])
             window_batches = [window_batches[i] for i in rng.permutation(len(window_batches))]
         batches += window_batches
+    return batches
+
+
+def bucketed_batches(window: np.ndarray, sizes: np.ndarray, s: PlanSettings
+                     ) -> list[np.ndarray]:
+    """A window's samples (shortest first) cut into batches of at most max_tokens padded
+    tokens (rows x longest) and max_rows rows."""
+    batches, begin = [], 0
+    for end in range(1, len(window) + 1):
+        rows, longest = end - begin, sizes[window[end - 1]]
+        if end - begin > 1 and (rows * longest > s.max_tokens or rows > s.max_rows):
+            batches.append(window[begin:end - 1])
+            begin = end - 1
+    batches.append(window[begin:])
     return batches
 
 
@@ -266,32 +273,36 @@ def packed_rows(samples: list[dict], capacity: int) -> dict[str, Any]:
     segment (1, 2, ... in its row; 0 = padding) and its position within the segment."""
     lengths = np.array([[len(s["inputs"]), len(s["targets"])] for s in samples])
     rows = pack(lengths, capacity)
-    out = {}
-    for side, role in enumerate(("inputs", "targets")):
-        width = max(int(sum(lengths[i, side] + 1 for i in row)) for row in rows)
-        ids = torch.zeros(len(rows), width, dtype=torch.long)
-        labels = torch.zeros_like(ids)
-        segments, positions = torch.zeros_like(ids), torch.zeros_like(ids)
-        for r, row in enumerate(rows):
-            start = 0
-            for segment, i in enumerate(row, start=1):
-                tokens = samples[i][role]
-                end = start + len(tokens) + 1
-                ids[r, start] = BOS
-                ids[r, start + 1:end] = tokens
-                labels[r, start:end - 1] = tokens
-                labels[r, end - 1] = EOS
-                segments[r, start:end] = segment
-                positions[r, start:end] = torch.arange(end - start)
-                start = end
-        out[role] = ids
-        out[f"{role}_segments"], out[f"{role}_positions"] = segments, positions
-        if role == "targets":
-            out["labels"] = labels
-    return {"inputs": out["inputs"], "inputs_pad": out["inputs_segments"] == 0,
-            "targets": out["targets"], "labels": out["labels"],
-            "packing": {k: out[k] for k in ("inputs_segments", "inputs_positions",
-                                            "targets_segments", "targets_positions")}}
+    inputs, inputs_segments, inputs_positions = _lay_out(rows, [s["inputs"] for s in samples])
+    targets, targets_segments, targets_positions = _lay_out(rows,
+                                                            [s["targets"] for s in samples])
+    # Each position predicts the next token of its segment; a segment's last position, EOS.
+    following = F.pad(targets[:, 1:], (0, 1))
+    same_segment = F.pad(targets_segments[:, 1:], (0, 1)) == targets_segments
+    labels = torch.where(same_segment, following, EOS).masked_fill(targets_segments == 0, PAD)
+    return {"inputs": inputs, "inputs_pad": inputs_segments == 0, "targets": targets,
+            "labels": labels,
+            "packing": {"inputs_segments": inputs_segments, "inputs_positions": inputs_positions,
+                        "targets_segments": targets_segments,
+                        "targets_positions": targets_positions}}
+
+
+def _lay_out(rows: list[list[int]], sequences: list[torch.Tensor]
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows of BOS + sequence segments: ids, segment numbers and positions in the segment,
+    (rows, widest row) each, 0 at padding."""
+    width = max(sum(len(sequences[i]) + 1 for i in row) for row in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    segments, positions = torch.zeros_like(ids), torch.zeros_like(ids)
+    for r, row in enumerate(rows):
+        start = 0
+        for segment, i in enumerate(row, start=1):
+            end = start + len(sequences[i]) + 1
+            ids[r, start], ids[r, start + 1:end] = BOS, sequences[i]
+            segments[r, start:end] = segment
+            positions[r, start:end] = torch.arange(end - start)
+            start = end
+    return ids, segments, positions
 
 
 def mixture_weights(rates: Any, sizes: list[int], temperature: float = 1.0) -> np.ndarray:

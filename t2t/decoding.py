@@ -117,23 +117,6 @@ def _masked_logp(
     return logp
 
 
-def _next_logp(
-    logits: torch.Tensor,
-    prefix: torch.Tensor,
-    done: torch.Tensor,
-    allowed: Allowed | None,
-    keep: torch.Tensor | None = None,
-    batch_size: int = 0,
-    ban_eos: bool = False,
-) -> torch.Tensor:
-    """`_masked_logp`, and rows that are `done` get a one-hot on PAD, so argmax, top-k and
-    multinomial all emit PAD."""
-    logp = _masked_logp(logits, prefix, done, allowed, keep, batch_size, ban_eos)
-    logp.masked_fill_(done.unsqueeze(-1), -math.inf)
-    logp[:, PAD] = torch.where(done, 0.0, -math.inf)
-    return logp
-
-
 def _finish(ids: torch.Tensor) -> torch.Tensor:
     """Drop EOS (tokens after it are PAD already) and trim columns that are PAD in every row."""
     ids = ids.masked_fill(ids == EOS, PAD)
@@ -170,7 +153,10 @@ def _run(
         if t:
             logits, state = decoder.step(out[:, -1], state)
             _check_rows(logits, n)
-        logp = _next_logp(logits, out, done, allowed, keep, batch_size, t < min_length)
+        logp = _masked_logp(logits, out, done, allowed, keep, batch_size, t < min_length)
+        # Rows that are done get a one-hot on PAD, so argmax and multinomial emit PAD.
+        logp.masked_fill_(done.unsqueeze(-1), -math.inf)
+        logp[:, PAD] = torch.where(done, 0.0, -math.inf)
         token = pick(logp).masked_fill(done, PAD)  # (N,)
         out = torch.cat([out, token.unsqueeze(1)], dim=1)
         done = done | (token == EOS)
