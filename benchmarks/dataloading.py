@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))  # problems/, modalities/
 
 from budget import SHARED  # noqa: E402
 
-from t2t.data import generate  # noqa: E402
+from t2t.datagen import generate  # noqa: E402
 from t2t.datamodule import T2TDataModule  # noqa: E402
 from t2t.lit_module import T2TLitModule  # noqa: E402
 from t2t.model import PRESETS, T2TModel  # noqa: E402

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # problems/, modal
 from budget import SHARED  # noqa: E402
 
 from t2t import decoding  # noqa: E402
-from t2t.data import generate  # noqa: E402
+from t2t.datagen import generate  # noqa: E402
 from t2t.datamodule import PlannedBatches, PlanSettings  # noqa: E402
 from t2t.lit_module import T2TLitModule, add_eos  # noqa: E402
 from t2t.model import PRESETS, T2TModel  # noqa: E402

@@ -19,7 +19,7 @@ from modalities.audio import AudioModality
 from problems.fsdd import WORDS, SpokenDigitsFsdd
 from problems.morse import CODE, MorseCode, keying, synthesize
 from problems.speech import SpeechManifest, read_manifest
-from t2t import data
+from t2t import data, datagen
 from t2t.errors import UserError
 
 from .conftest import dataset_dir, run_command
@@ -240,7 +240,7 @@ def test_manifest_datagen_resamples_a_clip_at_another_rate(tmp_path):
     manifest = write_manifest(tmp_path, {f"{i}.wav": f"word {i}" for i in range(10)})
     soundfile.write(tmp_path / "clips" / "0.wav", tone(0.4, 8000), 8000)  # 8 kHz among 16 kHz
     problem = SpeechManifest(manifest=str(manifest), holdout_size=1)
-    problem_dir = data.generate(problem, tmp_path / "data", progress=False)
+    problem_dir = datagen.generate(problem, tmp_path / "data", progress=False)
     samples = {s["key"]: s for s in data.read_split(SpeechManifest(
         manifest=str(manifest), holdout_size=1), problem_dir, "train")}
     assert len(samples) == 9
@@ -262,14 +262,14 @@ def test_missing_or_unreadable_audio_stops_datagen_naming_the_file(tmp_path):
     problem = SpeechManifest(train_manifest=str(bad_manifest(tmp_path)),
                              validation_manifest=str(bad_manifest(tmp_path / "valid")))
     with pytest.raises(UserError, match=r"missing\.wav: audio file not found.*on_bad_example=skip"):
-        data.generate(problem, tmp_path / "data", progress=False)
+        datagen.generate(problem, tmp_path / "data", progress=False)
 
 
 def test_missing_and_unreadable_audio_are_skipped_and_counted_when_asked(tmp_path):
     validation = write_manifest(tmp_path / "valid", {"v.wav": "valid"})
     problem = SpeechManifest(train_manifest=str(bad_manifest(tmp_path)),
                              validation_manifest=str(validation))
-    problem_dir = data.generate(problem, tmp_path / "data", on_bad_example="skip",
+    problem_dir = datagen.generate(problem, tmp_path / "data", on_bad_example="skip",
                                 progress=False)
     train = data.read_meta(problem_dir)["splits"]["train"]
     assert train["count"] == 10 and train["dropped"]["bad"] == 2

@@ -16,7 +16,7 @@ import pytest
 
 from modalities import TextModality
 from problems.algorithmic import AlgorithmicReverse
-from t2t import Problem, data
+from t2t import Problem, data, datagen
 from t2t.errors import UserError
 from t2t.files import sha256_file
 
@@ -32,7 +32,7 @@ def shard_hashes(problem_dir: Path) -> dict[str, str]:
 
 def test_meta_json_describes_equal_shards(tmp_path):
     problem = AlgorithmicReverse(**SMALL)
-    problem_dir = data.generate(problem, tmp_path, **SETTINGS)
+    problem_dir = datagen.generate(problem, tmp_path, **SETTINGS)
     meta = json.loads((problem_dir / "meta.json").read_text())
     assert meta["problem"] == "algorithmic_reverse"
     assert meta["options"]["train_size"] == 1000
@@ -51,7 +51,7 @@ def test_meta_json_describes_equal_shards(tmp_path):
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_round_trip_order_and_lengths(tmp_path, split):
     problem = AlgorithmicReverse(**SMALL)
-    problem_dir = data.generate(problem, tmp_path, **SETTINGS)
+    problem_dir = datagen.generate(problem, tmp_path, **SETTINGS)
     raws = list(problem.generate_samples(split))
     read = list(data.read_split(AlgorithmicReverse(**SMALL), problem_dir, split))
     order = [int(s["key"]) for s in read]  # keys are indices in generate_samples
@@ -67,11 +67,11 @@ def test_round_trip_order_and_lengths(tmp_path, split):
 
 
 def test_second_run_does_nothing_and_a_changed_option_regenerates(tmp_path):
-    problem_dir = data.generate(AlgorithmicReverse(**SMALL), tmp_path, **SETTINGS)
+    problem_dir = datagen.generate(AlgorithmicReverse(**SMALL), tmp_path, **SETTINGS)
     stamps = {p.name: p.stat().st_mtime_ns for p in problem_dir.iterdir()}
-    data.generate(AlgorithmicReverse(**SMALL), tmp_path, **SETTINGS)
+    datagen.generate(AlgorithmicReverse(**SMALL), tmp_path, **SETTINGS)
     assert {p.name: p.stat().st_mtime_ns for p in problem_dir.iterdir()} == stamps
-    data.generate(AlgorithmicReverse(**{**SMALL, "train_size": 700}), tmp_path, **SETTINGS)
+    datagen.generate(AlgorithmicReverse(**{**SMALL, "train_size": 700}), tmp_path, **SETTINGS)
     meta = data.read_meta(problem_dir)
     assert meta["splits"]["train"]["count"] == 700
     assert sorted(p.name for p in problem_dir.glob("train-0*")) == [
@@ -79,15 +79,15 @@ def test_second_run_does_nothing_and_a_changed_option_regenerates(tmp_path):
 
 
 def test_parallel_workers_write_the_same_shards(tmp_path):
-    one = data.generate(AlgorithmicReverse(**SMALL), tmp_path / "one", workers=1, **SETTINGS)
-    two = data.generate(AlgorithmicReverse(**SMALL), tmp_path / "two", workers=2, **SETTINGS)
+    one = datagen.generate(AlgorithmicReverse(**SMALL), tmp_path / "one", workers=1, **SETTINGS)
+    two = datagen.generate(AlgorithmicReverse(**SMALL), tmp_path / "two", workers=2, **SETTINGS)
     assert shard_hashes(one) == shard_hashes(two)
 
 
 def test_interrupted_run_resumes_without_redoing_finished_chunks(tmp_path, monkeypatch):
-    clean = shard_hashes(data.generate(AlgorithmicReverse(**SMALL), tmp_path / "clean",
+    clean = shard_hashes(datagen.generate(AlgorithmicReverse(**SMALL), tmp_path / "clean",
                                        **SETTINGS))
-    real_encode, calls = data._encode_chunk, []
+    real_encode, calls = datagen._encode_chunk, []
 
     def encode_then_die(*args):
         calls.append(args[1])
@@ -95,14 +95,14 @@ def test_interrupted_run_resumes_without_redoing_finished_chunks(tmp_path, monke
             raise KeyboardInterrupt
         return real_encode(*args)
 
-    monkeypatch.setattr(data, "_encode_chunk", encode_then_die)
+    monkeypatch.setattr(datagen, "_encode_chunk", encode_then_die)
     with pytest.raises(KeyboardInterrupt):
-        data.generate(AlgorithmicReverse(**SMALL), tmp_path / "resumed", **SETTINGS)
+        datagen.generate(AlgorithmicReverse(**SMALL), tmp_path / "resumed", **SETTINGS)
     problem_dir = tmp_path / "resumed" / "algorithmic_reverse"
     assert not (problem_dir / "meta.json").exists()
     calls.clear()
-    monkeypatch.setattr(data, "_encode_chunk", lambda *a: calls.append(a[1]) or real_encode(*a))
-    data.generate(AlgorithmicReverse(**SMALL), tmp_path / "resumed", **SETTINGS)
+    monkeypatch.setattr(datagen, "_encode_chunk", lambda *a: calls.append(a[1]) or real_encode(*a))
+    datagen.generate(AlgorithmicReverse(**SMALL), tmp_path / "resumed", **SETTINGS)
     assert calls[0] == 4 * 128  # the first four chunks were not encoded again
     assert shard_hashes(problem_dir) == clean
 
@@ -182,7 +182,7 @@ class Uneven(Problem):
 
 
 def test_empty_and_over_long_examples_are_dropped_and_counted(tmp_path):
-    problem_dir = data.generate(Uneven(), tmp_path, max_length=20, **SETTINGS)
+    problem_dir = datagen.generate(Uneven(), tmp_path, max_length=20, **SETTINGS)
     split = data.read_meta(problem_dir)["splits"]["train"]
     assert split["count"] == 2
     assert split["dropped"] == {"empty": 1, "too_long": 1, "bad": 0}
@@ -198,12 +198,12 @@ class NotDicts(Problem):
 
 def test_malformed_samples_are_named(tmp_path):
     with pytest.raises(UserError, match="sample 0 of split train .* yield dicts"):
-        data.generate(NotDicts(), tmp_path, **SETTINGS)
+        datagen.generate(NotDicts(), tmp_path, **SETTINGS)
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
 def test_corrupt_shard_is_detected_and_named(tmp_path, damage):
-    problem_dir = data.generate(AlgorithmicReverse(**SMALL), tmp_path, **SETTINGS)
+    problem_dir = datagen.generate(AlgorithmicReverse(**SMALL), tmp_path, **SETTINGS)
     shard = problem_dir / "validation-000000.tar.gz"
     content = bytearray(shard.read_bytes())
     if damage == "flip":

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from problems.algorithmic import AlgorithmicCopy
-from t2t import data
+from t2t import data, datagen
 from t2t.datamodule import PlannedBatches, PlanSettings, epoch_plan, make_loader
 
 
@@ -55,7 +55,7 @@ def test_length_bucketing_keeps_padding_low():
 def shards(tmp_path_factory):
     problem = AlgorithmicCopy(train_size=600, eval_size=20)
     directory = tmp_path_factory.mktemp("data")
-    return data.generate(problem, directory, samples_per_shard=150, progress=False)
+    return datagen.generate(problem, directory, samples_per_shard=150, progress=False)
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])

@@ -23,7 +23,7 @@ from modalities.image import ImageModality, change_thickness
 from problems.image_text import ImageTextFolder, read_metadata
 from problems.mnist import MnistDigitStrings, compose, read_csv, read_idx
 from problems.ocr import ALPHABET, OcrRenderedText, random_text
-from t2t import data
+from t2t import data, datagen
 from t2t.errors import UserError
 
 from .conftest import SHARED_DATASETS, run_command
@@ -316,7 +316,7 @@ def folder_problem(raw_dir: Path | None, **options) -> ImageTextFolder:
 
 
 def generate(problem, tmp_path: Path, **settings) -> Path:
-    return data.generate(problem, tmp_path / "data", samples_per_shard=1000, chunk_size=64,
+    return datagen.generate(problem, tmp_path / "data", samples_per_shard=1000, chunk_size=64,
                          progress=False, **settings)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from problems.algorithmic import AlgorithmicCopy, AlgorithmicReverse
-from t2t import data
+from t2t import data, datagen
 from t2t.datamodule import (
     MixedBatches,
     PlannedBatches,
@@ -40,7 +40,7 @@ def members(tmp_path_factory):
     made = []
     for index, problem in enumerate([AlgorithmicCopy(train_size=300, eval_size=10),
                                      AlgorithmicReverse(train_size=120, eval_size=10)]):
-        problem_dir = data.generate(problem, directory, samples_per_shard=60, progress=False)
+        problem_dir = datagen.generate(problem, directory, samples_per_shard=60, progress=False)
         made.append((problem, problem_dir, index))
     return made
 

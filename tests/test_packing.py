@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from problems.algorithmic import AlgorithmicAddition, AlgorithmicReverse
-from t2t import data
+from t2t import data, datagen
 from t2t.datamodule import PlannedBatches, PlanSettings, epoch_plan, pack, packed_rows
 from t2t.decoding import PAD
 from t2t.errors import UserError
@@ -99,7 +99,7 @@ def test_packed_plan_sees_every_sample_once_within_the_budget(world):
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     problem = AlgorithmicReverse(train_size=300, eval_size=20, max_length=10)
-    return data.generate(problem, tmp_path_factory.mktemp("data"), samples_per_shard=100,
+    return datagen.generate(problem, tmp_path_factory.mktemp("data"), samples_per_shard=100,
                          progress=False)
 
 
@@ -128,6 +128,6 @@ def test_packing_errors_name_the_fix(shards, tmp_path):
         PlannedBatches(problem, shards, "train", 0, PlanSettings(packed_length=8))
     addition = AlgorithmicAddition(train_size=50, eval_size=10)
     addition.targets.packable = False  # stands in for an image or audio modality
-    directory = data.generate(addition, tmp_path, progress=False)
+    directory = datagen.generate(addition, tmp_path, progress=False)
     with pytest.raises(UserError, match="packing needs token sequences on both sides"):
         PlannedBatches(addition, directory, "train", 0, PlanSettings(packed_length=64))

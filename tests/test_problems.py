@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from modalities import TextModality
-from t2t import data
+from t2t import data, datagen
 from t2t.datamodule import PlannedBatches, PlanSettings
 from t2t.inference import decode_raw
 from t2t.lit_module import T2TLitModule
@@ -76,7 +76,7 @@ def test_problem_round_trips_through_a_shard(name, tmp_path):
     assert set(cls.metrics) <= set(METRICS), f"{name} names unknown metrics"
 
     problem = cls(**options)
-    problem_dir = data.generate(problem, tmp_path / "data", max_samples=3, max_length=None,
+    problem_dir = datagen.generate(problem, tmp_path / "data", max_samples=3, max_length=None,
                                 progress=False)
     meta = data.read_meta(problem_dir)
     for split in problem.splits:

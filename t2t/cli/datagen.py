@@ -8,7 +8,7 @@ from t2t.cli.common import build_problems, run_hydra
 
 
 def datagen(config: Any) -> None:
-    from t2t.data import generate
+    from t2t.datagen import generate
 
     problems, _ = build_problems(config.problem)  # a mixture: every member's shards
     for problem in problems:

@@ -15,7 +15,8 @@ def evaluate(config: Any) -> None:
 
     from t2t.cli.decode import decode_settings
     from t2t.cli.report import console
-    from t2t.data import generate, read_split
+    from t2t.data import read_split
+    from t2t.datagen import generate
     from t2t.inference import (
         batches,
         decode_loaded,

@@ -31,7 +31,7 @@ def checkpoint_info(problems: list[Any], problem_dirs: list[Path], model_config:
 
 def shards_for(problem: Any, config: Any) -> Path:
     """Generate the shards on the first process of each node; the others wait for them."""
-    from t2t.data import generate
+    from t2t.datagen import generate
 
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
         return generate(problem, config.data_dir, **config.datagen)
