@@ -96,7 +96,7 @@ def main() -> None:
         problem = get_problem_class(name)(**options)
         problem_dir = generate(problem, args.data_dir, max_samples=max_samples, progress=False,
                                workers=2)
-        config = OmegaConf.load(ROOT / "configs" / "experiment" / f"{experiment}.yaml")
+        config = OmegaConf.load(ROOT / "t2t" / "configs" / "experiment" / f"{experiment}.yaml")
         max_tokens = int(config.data.max_tokens)
 
         datamodule = functools.partial(T2TDataModule, [problem], [problem_dir],

@@ -56,5 +56,5 @@ def test_an_experiment_sets_top_level_keys_and_the_command_line_still_wins():
         overridden = compose("train", overrides=["experiment=mnist_digit_strings",
                                                  "ema_decay=null"])
     assert plain.ema_decay is None
-    assert experiment.ema_decay == 0.998  # configs/experiment/mnist_digit_strings.yaml
+    assert experiment.ema_decay == 0.998  # t2t/configs/experiment/mnist_digit_strings.yaml
     assert overridden.ema_decay is None

@@ -1,6 +1,6 @@
 """What every command shares: discovery, problem configs for Hydra, override checks, errors.
 
-Hydra composes `configs/<command>.yaml`; every registered problem is stored in Hydra's
+Hydra composes `t2t/configs/<command>.yaml`; every registered problem is stored in Hydra's
 ConfigStore as `problem/<name>` with its options as fields (as fairseq does for tasks), so
 `problem=<name> problem.<option>=...` works without YAML and unknown options fail.
 Before Hydra runs, `check_overrides` turns the usual mistakes into one line with close
@@ -20,7 +20,7 @@ from typing import Any
 
 from t2t.errors import UserError, unknown_name
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # shipped inside the package
 _SIMPLE_TYPES = (int, float, str, bool, Path)
 
 
