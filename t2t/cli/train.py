@@ -58,6 +58,7 @@ def train(config: Any) -> None:
     from t2t.datamodule import T2TDataModule
     from t2t.lit_module import T2TLitModule
     from t2t.model import T2TModel
+    from t2t.progress import drop_lightning_tips, progress_callbacks
 
     L.seed_everything(config.seed, workers=True, verbose=False)
     problems, mixing = build_problems(config.problem)
@@ -81,10 +82,14 @@ def train(config: Any) -> None:
                                   every_n_train_steps=config.checkpoint_every)
     last = run_dir / "checkpoints" / "last.ckpt"
     averaging = [WeightEMA(config.ema_decay)] if config.ema_decay is not None else []
+    # A rich bar on a terminal, plain lines every progress_every_s seconds in a log file.
+    progress = progress_callbacks(config.progress_every_s,
+                                  enabled=config.trainer.get("enable_progress_bar", True))
+    drop_lightning_tips()
     trainer = hydra.utils.instantiate(
         config.trainer, default_root_dir=str(run_dir),
-        callbacks=[checkpoints, CheckpointOnSigterm(last), *averaging],
-        plugins=[AtomicCheckpointIO()],
+        callbacks=[checkpoints, CheckpointOnSigterm(last), *averaging, *progress],
+        enable_progress_bar=bool(progress), plugins=[AtomicCheckpointIO()],
         logger=[TensorBoardLogger(run_dir, name="tb"), CSVLogger(run_dir, name="csv")])
     say = print if trainer.is_global_zero else (lambda message: None)
     resume = resumable_checkpoint(run_dir / "checkpoints", module.checkpoint_info, warn=say)
