@@ -7,14 +7,25 @@ Layout of `data_dir/<problem>/`:
     train-000000.tar.gz  WebDataset shards (gzipped tar); sample `<key>` holds
     ...                  `<key>.inputs.<ext>` and `<key>.targets.<ext>` as encoded
     train-lengths.npy    (N, 2) int32: inputs and targets length of each sample, shard order
+
+A data_dir is a local folder or a URL (`http(s)://`, `s3://`, `gs://`, ... read through
+fsspec): training and evaluation stream the shards from it, each checked against its sha256.
+
+The life cycle is the same on every process (Lightning's prepare_data/setup split):
+*prepare* writes the shards once (`t2t.datagen.generate`, by the first process of a run or by
+`t2t-datagen` beforehand); *setup* (`open_shards`) waits for a meta.json whose fingerprint is
+this process's own, then restores the problem's vocabularies from it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import inspect
+import io
 import json
-from collections.abc import Iterable, Iterator
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +37,52 @@ from t2t.files import sha256_file
 from t2t.problem import Problem
 
 ROLES = ("inputs", "targets")
+
+# The datagen settings the shards depend on, with their defaults; the others (workers,
+# progress, chunk_size, ...) say only how the work is done, not what it makes.
+SHARD_SETTINGS = {"samples_per_shard": 10_000, "max_length": 256, "compress": True,
+                  "max_samples": None, "on_bad_example": "error"}
+
+
+def shard_settings(datagen_options: Mapping[str, Any]) -> dict[str, Any]:
+    """The fingerprinted part of datagen's options (defaults where not given)."""
+    return {key: datagen_options.get(key, default) for key, default in SHARD_SETTINGS.items()}
+
+
+# -- where shards live: a local folder or a URL -----------------------------------------------
+
+
+def is_url(location: str | Path) -> bool:
+    return "://" in str(location)
+
+
+def join(location: str | Path, name: str) -> str | Path:
+    """`location/name`, for a local folder (a Path) or a URL (a string)."""
+    if is_url(location):
+        return f"{str(location).rstrip('/')}/{name}"
+    return Path(location) / name
+
+
+def problem_location(data_dir: str | Path, problem_name: str) -> str | Path:
+    return join(data_dir, problem_name)
+
+
+def read_bytes(location: str | Path) -> bytes:
+    """A local file's or a URL's bytes. FileNotFoundError when there is none."""
+    if not is_url(location):
+        return Path(location).read_bytes()
+    import fsspec
+
+    try:
+        with fsspec.open(str(location), "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise
+    except ImportError as error:  # s3:// without s3fs, say: fsspec names the package
+        raise UserError(f"cannot read {location}: {error}") from None
+    except Exception as error:  # refused connection, DNS, permissions: say which and where
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(f"cannot read {location}: {message}") from None
 
 
 # -- fingerprint and meta.json ----------------------------------------------------------------
@@ -59,27 +116,80 @@ def fingerprint(problem: Problem, settings: dict[str, Any]) -> str:
     return digest.hexdigest()[:16]
 
 
-def read_meta(problem_dir: Path) -> dict[str, Any]:
-    path = Path(problem_dir) / "meta.json"
-    if not path.is_file():
-        raise UserError(f"no shards in {problem_dir} (no meta.json); run "
-                        f"`t2t-datagen problem={Path(problem_dir).name} data_dir=...` first")
+def read_meta(problem_dir: str | Path) -> dict[str, Any]:
+    meta = _meta_if_present(problem_dir)
+    if meta is None:
+        name = str(problem_dir).rstrip("/").rpartition("/")[2]
+        how = (f"write them with `t2t-datagen problem={name} data_dir=LOCAL_DIR` and copy "
+               f"LOCAL_DIR/{name}/ there" if is_url(problem_dir) else
+               f"run `t2t-datagen problem={name} data_dir=...` first")
+        raise UserError(f"no shards in {problem_dir} (no meta.json); {how}")
+    return meta
+
+
+def _meta_if_present(problem_dir: str | Path) -> dict[str, Any] | None:
+    path = join(problem_dir, "meta.json")
     try:
-        return json.loads(path.read_text())
+        text = read_bytes(path).decode()
+    except FileNotFoundError:
+        return None
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as error:
         raise UserError(f"{path}:{error.lineno}: corrupt meta.json ({error.msg}); "
                         f"delete it and run t2t-datagen again") from None
 
 
-def restore_vocabularies(problem: Problem, problem_dir: Path, meta: dict[str, Any]) -> None:
+def restore_vocabularies(problem: Problem, problem_dir: str | Path, meta: dict[str, Any]
+                         ) -> None:
     """Give the problem's modalities the vocabularies that datagen learned."""
     for role in ROLES:
         vocab = meta["modalities"][role].get("vocab")
-        if vocab:
+        if not vocab:
+            continue
+        if not is_url(problem_dir):
             getattr(problem, role).restore(Path(problem_dir) / vocab)
+            continue
+        with tempfile.TemporaryDirectory() as folder:
+            local = Path(folder) / Path(vocab).name
+            local.write_bytes(read_bytes(join(problem_dir, vocab)))
+            getattr(problem, role).restore(local)
+
+
+def open_shards(problem: Problem, data_dir: str | Path, datagen_options: Mapping[str, Any], *,
+                wait_s: float = 0.0, poll_s: float = 2.0,
+                say: Callable[[str], Any] = lambda message: None) -> str | Path:
+    """Setup, on every process: where the problem's shards are, once a meta.json with the
+    problem's own fingerprint is there (waiting up to `wait_s` for another process or node to
+    write it: a stale meta.json does not count), with the problem's vocabularies restored
+    from them. One clear error when they do not come."""
+    location = problem_location(data_dir, problem.name)
+    expected = fingerprint(problem, shard_settings(datagen_options))
+    deadline, told = time.monotonic() + wait_s, False
+    while True:
+        meta = _meta_if_present(location)
+        if meta is not None and meta.get("fingerprint") == expected:
+            restore_vocabularies(problem, location, meta)
+            return location
+        if time.monotonic() >= deadline:
+            break
+        if not told:
+            say(f"{problem.name}: waiting up to {wait_s:.0f} s for the shards in {location} "
+                f"(fingerprint {expected}) that the first process writes")
+            told = True
+        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+    found = ("no meta.json" if meta is None else
+             f"its meta.json has fingerprint {meta.get('fingerprint')}, made with other "
+             f"options or code")
+    waited = f" after waiting {wait_s:.0f} s" if wait_s else ""
+    raise UserError(
+        f"no shards of {problem.name} with fingerprint {expected} in {location}{waited} "
+        f"({found}); write them with `t2t-datagen` and the same problem and datagen options"
+        + ("" if is_url(location) else ", on storage that every node of the run reads"))
 
 
 def shards_intact(problem_dir: Path, meta: dict[str, Any]) -> bool:
+    """Whether every shard of a local problem folder is there with its recorded size."""
     for split in meta["splits"].values():
         for shard in split["shards"]:
             path = problem_dir / shard["file"]
@@ -115,14 +225,15 @@ def verify_shard(path: str | Path, sha256: str) -> None:
     _verified.add((str(path), stat.st_size, stat.st_mtime))
 
 
-def split_shards(problem_dir: Path, split: str, meta: dict[str, Any] | None = None) -> list[dict]:
+def split_shards(problem_dir: str | Path, split: str, meta: dict[str, Any] | None = None
+                 ) -> list[dict]:
     """[{"url": path, "sha256": ..., "count": ...}] for one split, in order."""
     meta = meta or read_meta(problem_dir)
     if split not in meta["splits"]:
         raise UserError(f"problem {meta['problem']} has no split '{split}'; "
                         f"it has: {', '.join(meta['splits'])}")
-    return [{"url": str(Path(problem_dir) / s["file"]), "sha256": s["sha256"], "count": s["count"]}
-            for s in meta["splits"][split]["shards"]]
+    return [{"url": str(join(problem_dir, s["file"])), "sha256": s["sha256"],
+             "count": s["count"]} for s in meta["splits"][split]["shards"]]
 
 
 class _ShardList(IterableDataset):
@@ -135,10 +246,27 @@ class _ShardList(IterableDataset):
         return iter([dict(shard) for shard in self.shards])
 
 
-def _verified_shards(shards: Iterable[dict]) -> Iterator[dict]:
+def _opened_shards(shards: Iterable[dict]) -> Iterator[dict]:
+    """{"url", "stream"} of each shard, checked against its sha256 before a sample is read: a
+    local file once per process (epochs re-read it), a remote one as it is fetched."""
     for shard in shards:
-        verify_shard(shard["url"], shard["sha256"])
-        yield shard
+        url = shard["url"]
+        if is_url(url):
+            try:
+                data = read_bytes(url)
+            except FileNotFoundError:
+                raise CorruptShardError(f"shard {url} is missing; copy the problem's shards "
+                                        f"there again") from None
+            actual = hashlib.sha256(data).hexdigest()
+            if actual != shard["sha256"]:
+                raise CorruptShardError(
+                    f"shard {url} is corrupt or truncated (sha256 {actual[:16]}..., meta.json "
+                    f"says {shard['sha256'][:16]}...); copy the problem's shards there again")
+            yield {"url": url, "stream": io.BytesIO(data)}
+        else:
+            verify_shard(url, shard["sha256"])
+            with open(url, "rb") as stream:
+                yield {"url": url, "stream": stream}
 
 
 def _fields(samples: Iterable[dict]) -> Iterator[dict[str, Any]]:
@@ -165,11 +293,12 @@ def shard_pipeline(
         stages.append(wds.split_by_node)
     if split_by_worker:
         stages.append(wds.split_by_worker)
-    stages += [_verified_shards, wds.tarfile_to_samples(), _fields]
+    stages += [_opened_shards, wds.tariterators.tar_file_expander,
+               wds.tariterators.group_by_keys, _fields]
     return wds.DataPipeline(*stages)
 
 
-def read_split(problem: Problem, problem_dir: Path, split: str) -> Iterator[dict[str, Any]]:
+def read_split(problem: Problem, problem_dir: str | Path, split: str) -> Iterator[dict[str, Any]]:
     """All samples of a split in order, as tensors: {"key", "inputs", "targets"}. For
     evaluation and tests; training uses the DataModule."""
     meta = read_meta(problem_dir)

@@ -19,6 +19,7 @@ defined: a resumed run skips exactly those.
 from __future__ import annotations
 
 import dataclasses
+import io
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,7 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from t2t.data import ROLES, read_meta, restore_vocabularies, shard_pipeline, split_shards
+from t2t.data import (
+    ROLES,
+    join,
+    read_bytes,
+    read_meta,
+    restore_vocabularies,
+    shard_pipeline,
+    split_shards,
+)
 from t2t.decoding import BOS, EOS, PAD
 from t2t.errors import UserError
 from t2t.problem import Problem
@@ -177,7 +186,7 @@ def epoch_plan(counts: list[int], lengths: np.ndarray, epoch: int, world: int, r
 class PlannedBatches(IterableDataset):
     """Yields the batches of one rank's epoch plan, from shards, in plan order."""
 
-    def __init__(self, problem: Problem, problem_dir: Path, split: str, problem_index: int,
+    def __init__(self, problem: Problem, problem_dir: str | Path, split: str, problem_index: int,
                  settings: PlanSettings, world: int = 1, rank: int = 0, augment: bool = False):
         self.problem, self.problem_index, self.settings = problem, problem_index, settings
         self.augment = augment
@@ -185,7 +194,8 @@ class PlannedBatches(IterableDataset):
         restore_vocabularies(problem, problem_dir, meta)
         self.shards = split_shards(problem_dir, split, meta)
         self.counts = [s["count"] for s in self.shards]
-        self.lengths = np.load(Path(problem_dir) / meta["splits"][split]["lengths"])
+        lengths = read_bytes(join(problem_dir, meta["splits"][split]["lengths"]))
+        self.lengths = np.load(io.BytesIO(lengths))
         if settings.packed_length:
             roles = (problem.inputs, problem.targets)
             if not all(modality.packable for modality in roles):
@@ -422,7 +432,7 @@ class T2TDataModule(L.LightningDataModule):
     """Training and validation batches of one problem's shards, or of a mixture of problems
     (`rates`, `temperature`: see `mixture_weights`), for any number of ranks."""
 
-    def __init__(self, problems: list[Problem], problem_dirs: list[Path], *,
+    def __init__(self, problems: list[Problem], problem_dirs: list[str | Path], *,
                  rates: Any = "examples", temperature: float = 1.0, max_tokens: int = 4096,
                  max_rows: int = 512, window: int = 4096, seed: int = 1, num_workers: int = 1,
                  val_split: str = "validation", packed_length: int = 0):

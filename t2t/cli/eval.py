@@ -15,7 +15,7 @@ def evaluate(config: Any) -> None:
 
     from t2t.cli.decode import decode_settings
     from t2t.cli.report import console
-    from t2t.data import read_split
+    from t2t.data import is_url, open_shards, read_split
     from t2t.datagen import generate
     from t2t.inference import (
         batches,
@@ -41,7 +41,10 @@ def evaluate(config: Any) -> None:
         shards_problem = type(problem)(**{**shards_problem.options, **kept})
     else:  # a benchmark problem the checkpoint's problem stands in for (select_problem)
         problem = shards_problem
-    problem_dir = generate(shards_problem, config.data_dir, **config.datagen)
+    # Prepare (a local data_dir may still lack the split's shards), then set up.
+    if not is_url(config.data_dir):
+        generate(shards_problem, config.data_dir, **config.datagen)
+    problem_dir = open_shards(shards_problem, config.data_dir, config.datagen)
     for role in ("inputs", "targets"):
         if getattr(shards_problem, role).key != getattr(problem, role).key:
             raise UserError(f"the shards in {problem_dir} use another {role} vocabulary than "

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +10,15 @@ from t2t.cli.common import build_problems, run_hydra
 from t2t.errors import UserError
 
 
-def checkpoint_info(problems: list[Any], problem_dirs: list[Path], model_config: Any
+def checkpoint_info(problems: list[Any], problem_dirs: list[str | Path], model_config: Any
                     ) -> dict[str, Any]:
     """What t2t-decode and t2t-eval need to rebuild the model without the shards."""
-    from t2t.data import read_meta
+    from t2t.data import join, read_bytes, read_meta
 
     specs = []
     for problem, problem_dir in zip(problems, problem_dirs, strict=True):
         meta = read_meta(problem_dir)
-        vocab = {role: {"file": m["vocab"], "data": (problem_dir / m["vocab"]).read_bytes()}
+        vocab = {role: {"file": m["vocab"], "data": read_bytes(join(problem_dir, m["vocab"]))}
                  for role, m in meta["modalities"].items() if m.get("vocab")}
         # The keys of the modalities the model is built from: the shards' meta.json may have
         # been written by a run with other training options (a deeper image stem).
@@ -29,16 +27,33 @@ def checkpoint_info(problems: list[Any], problem_dirs: list[Path], model_config:
     return {"problems": specs, "model": dataclasses.asdict(model_config)}
 
 
-def shards_for(problem: Any, config: Any) -> Path:
-    """Generate the shards on the first process of each node; the others wait for them."""
+def prepare_and_open_shards(problems: list[Any], config: Any, is_global_zero: bool
+                            ) -> list[str | Path]:
+    """The data life cycle, the same on every process of every node: prepare (the first
+    process of the run writes missing shards; a URL data_dir must hold them already), then
+    set up (every process waits for shards with its own fingerprint and restores the
+    vocabularies from them). Nothing is learned on one process that another does not read."""
+    from t2t.data import is_url, open_shards
     from t2t.datagen import generate
 
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
-        return generate(problem, config.data_dir, **config.datagen)
-    meta = Path(config.data_dir) / problem.name / "meta.json"
-    while not meta.is_file():
-        time.sleep(2)
-    return meta.parent
+    locations = []
+    for problem in problems:
+        if is_global_zero and not is_url(config.data_dir):
+            generate(problem, config.data_dir, **config.datagen)
+        wait_s = 0.0 if is_global_zero else config.shards_wait_s
+        locations.append(open_shards(problem, config.data_dir, config.datagen, wait_s=wait_s,
+                                     say=print))
+    return locations
+
+
+def data_parallel(trainer: Any, problems: list[Any]) -> dict[str, Any]:
+    """Trainer options for a mixture: each batch is one member's, so the other members'
+    bottoms and tops get no gradient in that step, and DDP must be told to expect that."""
+    several = trainer.devices not in (1, "1") or trainer.num_nodes != 1
+    if len(problems) > 1 and (trainer.strategy == "ddp" or
+                              (trainer.strategy == "auto" and several)):
+        return {"strategy": "ddp_find_unused_parameters_true"}
+    return {}
 
 
 def train(config: Any) -> None:
@@ -62,7 +77,23 @@ def train(config: Any) -> None:
 
     L.seed_everything(config.seed, workers=True, verbose=False)
     problems, mixing = build_problems(config.problem)
-    problem_dirs = [shards_for(problem, config) for problem in problems]
+    run_dir = Path(config.run_dir)
+    checkpoints = StepCheckpoints(dirpath=run_dir / "checkpoints", save_last=True,
+                                  every_n_train_steps=config.checkpoint_every)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    averaging = [WeightEMA(config.ema_decay)] if config.ema_decay is not None else []
+    # A rich bar on a terminal, plain lines every progress_every_s seconds in a log file.
+    progress = progress_callbacks(config.progress_every_s,
+                                  enabled=config.trainer.get("enable_progress_bar", True))
+    drop_lightning_tips()
+    # The trainer knows this process's global rank (from torchrun, SLURM or its own launcher)
+    # before any process group exists: the data life cycle needs it.
+    trainer = hydra.utils.instantiate(
+        config.trainer, default_root_dir=str(run_dir), **data_parallel(config.trainer, problems),
+        callbacks=[checkpoints, CheckpointOnSigterm(last), *averaging, *progress],
+        enable_progress_bar=bool(progress), plugins=[AtomicCheckpointIO()],
+        logger=[TensorBoardLogger(run_dir, name="tb"), CSVLogger(run_dir, name="csv")])
+    problem_dirs = prepare_and_open_shards(problems, config, trainer.is_global_zero)
     model_config = hydra.utils.instantiate(config.model)
     model = T2TModel(model_config, [(p.inputs, p.targets) for p in problems])
     if config.compile:
@@ -77,20 +108,6 @@ def train(config: Any) -> None:
     datamodule = T2TDataModule(problems, problem_dirs, seed=config.seed, **mixing,
                                **config.data)
 
-    run_dir = Path(config.run_dir)
-    checkpoints = StepCheckpoints(dirpath=run_dir / "checkpoints", save_last=True,
-                                  every_n_train_steps=config.checkpoint_every)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    averaging = [WeightEMA(config.ema_decay)] if config.ema_decay is not None else []
-    # A rich bar on a terminal, plain lines every progress_every_s seconds in a log file.
-    progress = progress_callbacks(config.progress_every_s,
-                                  enabled=config.trainer.get("enable_progress_bar", True))
-    drop_lightning_tips()
-    trainer = hydra.utils.instantiate(
-        config.trainer, default_root_dir=str(run_dir),
-        callbacks=[checkpoints, CheckpointOnSigterm(last), *averaging, *progress],
-        enable_progress_bar=bool(progress), plugins=[AtomicCheckpointIO()],
-        logger=[TensorBoardLogger(run_dir, name="tb"), CSVLogger(run_dir, name="csv")])
     say = print if trainer.is_global_zero else (lambda message: None)
     resume = resumable_checkpoint(run_dir / "checkpoints", module.checkpoint_info, warn=say)
     say(f"t2t-train: {', '.join(p.name for p in problems)}, "
