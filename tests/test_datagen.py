@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -16,9 +17,11 @@ import pytest
 
 from modalities import TextModality
 from problems.algorithmic import AlgorithmicReverse
+from problems.text_pairs import TextPairs
 from t2t import Problem, data, datagen
 from t2t.errors import UserError
 from t2t.files import sha256_file
+from t2t.progress import PeriodicReporter
 
 from .conftest import run_command
 
@@ -139,7 +142,8 @@ def test_datagen_killed_at_random_points_resumes_to_the_same_shards(tmp_path, se
         # pre-emption (or the OOM killer of a job) would.
         process = subprocess.Popen(command, cwd=tmp_path, start_new_session=True,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        while process.poll() is None and len(list(work.glob("*.pkl"))) < progress:
+        # A chunk is finished when its summary is written (after its tar).
+        while process.poll() is None and len(list(work.glob("*-*.json"))) < progress:
             time.sleep(0.01)
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
@@ -218,3 +222,200 @@ def test_corrupt_shard_is_detected_and_named(tmp_path, damage):
 def test_missing_shards_are_named(tmp_path):
     with pytest.raises(UserError, match="no shards in .*run `t2t-datagen problem=nothing_here"):
         data.read_meta(tmp_path / "nothing_here")
+
+
+def test_a_log_file_gets_plain_progress_lines(tmp_path, monkeypatch, capsys):
+    """Not on a terminal, datagen prints a progress line every 30 s (here: at every chunk)."""
+    monkeypatch.setattr(datagen, "PeriodicReporter",
+                        lambda every_s, print_fn: PeriodicReporter(0, print_fn))
+    datagen.generate(AlgorithmicReverse(**SMALL), tmp_path, **{**SETTINGS, "progress": True})
+    assert ("algorithmic_reverse/train: 256 samples read, 2 chunk(s) encoded here, elapsed "
+            "0:00:0") in capsys.readouterr().err
+
+
+# -- work chunks are plain data -----------------------------------------------------------------
+
+
+def test_work_chunks_are_plain_data_a_tar_and_a_json(tmp_path, monkeypatch):
+    """What a killed run leaves in .work/ (shared storage, once datagen spans machines) is
+    read back without unpickling: each chunk is a gzipped tar in the shards' layout and a
+    JSON summary; a damaged tar is named, not trusted."""
+    real_encode, calls = datagen._encode_chunk, []
+
+    def encode_then_die(*args):
+        calls.append(args[1])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_encode(*args)
+
+    monkeypatch.setattr(datagen, "_encode_chunk", encode_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        datagen.generate(Uneven(), tmp_path, max_length=20, **{**SETTINGS, "chunk_size": 1})
+    work = tmp_path / Uneven.name / ".work"
+    assert sorted(p.name for p in work.iterdir()) == [
+        "fingerprint", "train-000000.json", "train-000000.tar.gz", "train-000001.json",
+        "train-000001.tar.gz", "vocab.json"]
+    summary = json.loads((work / "train-000000.json").read_text())
+    assert summary["count"] == 1 and summary["dropped"] == {"empty": 0, "too_long": 0, "bad": 0}
+    assert json.loads((work / "train-000001.json").read_text())["dropped"]["empty"] == 1
+    with tarfile.open(work / "train-000000.tar.gz") as tar:
+        assert tar.getnames() == ["000000000.inputs.ids", "000000000.targets.ids"]
+    assert datagen._load_chunk(work / "train-000000") == [
+        (0, Uneven().inputs.encode("ok"), Uneven().targets.encode("fine"), None)]
+    (work / "train-000000.tar.gz").write_bytes(b"\x1f\x8b not what was written")
+    with pytest.raises(UserError, match="train-000000.tar.gz: work chunk corrupt"):
+        datagen._load_chunk(work / "train-000000")
+    assert not [p for p in Path(datagen.__file__).parent.rglob("*.py")
+                if "import pickle" in p.read_text()]
+
+
+# -- datagen across machines: num_tasks slices, then a merge ------------------------------------
+
+SLICED = dict(samples_per_shard=400, chunk_size=100, workers=1, progress=False)
+
+
+@pytest.fixture
+def pairs(tmp_path) -> dict:
+    """text_pairs options: a generated TSV of 1,500 word pairs and a test TSV, two
+    SentencePiece vocabularies (one a side) to learn."""
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
+             for _ in range(400)]
+
+    def write(path: Path, count: int) -> str:
+        lines = []
+        for _ in range(count):
+            source = " ".join(rng.choice(words) for _ in range(rng.randint(1, 12)))
+            lines.append(f"{source}\t{' '.join(reversed(source.split())).upper()}")
+        path.write_text("\n".join(lines) + "\n")
+        return str(path)
+
+    return dict(train=write(tmp_path / "train.tsv", 1500), test=write(tmp_path / "test.tsv", 250),
+                vocab_size=300, shared_vocab=False, holdout_size=150)
+
+
+def outputs(problem_dir: Path) -> dict[str, str]:
+    """sha256 of everything datagen leaves: shards, lengths, vocabularies, meta.json."""
+    return {str(p.relative_to(problem_dir)): sha256_file(p)
+            for p in sorted(problem_dir.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+def test_three_slices_and_a_merge_write_the_shards_of_one_machine(tmp_path, pairs, monkeypatch):
+    """The vocab step, three slices (one killed half-way and resumed) and the merge, as a job
+    array would run them on three machines: every output byte, vocabularies and meta.json
+    included, is that of one machine's run; each chunk is encoded by exactly one slice."""
+    one = outputs(datagen.generate(TextPairs(**pairs), tmp_path / "one", **SLICED))
+    assert sum(name.startswith("vocab/") for name in one) == 2
+
+    data_dir = tmp_path / "sliced"
+    sliced = dict(SLICED, num_tasks=3)
+    datagen.generate(TextPairs(**pairs), data_dir, task_id="vocab", **sliced)
+    real_encode, encoded = datagen._encode_chunk, {}
+
+    def encode(split, first_index, raws, stem):
+        if task_id == 1 and len(encoded.get(1, [])) == 2 and not resumed:
+            raise KeyboardInterrupt  # slice 1 is pre-empted after two chunks
+        encoded.setdefault(task_id, []).append((split, first_index))
+        return real_encode(split, first_index, raws, stem)
+
+    monkeypatch.setattr(datagen, "_encode_chunk", encode)
+    resumed = False
+    for task_id in (2, 1, 0):  # any order: they run side by side
+        try:  # a new problem each: a slice is a process of its own
+            datagen.generate(TextPairs(**pairs), data_dir, task_id=task_id, **sliced)
+        except KeyboardInterrupt:
+            assert task_id == 1 and not (data_dir / "text_pairs/.work/slice-1-of-3/done.json"
+                                         ).exists()
+    resumed = True
+    task_id = 1
+    datagen.generate(TextPairs(**pairs), data_dir, task_id=1, **sliced)
+    problem_dir = datagen.generate(TextPairs(**pairs), data_dir, task_id="merge", **sliced)
+    assert outputs(problem_dir) == one
+    assert not (problem_dir / ".work").exists()
+    # 1500 pairs - 150 held out = 14 training chunks, 2 validation, 3 test: 19, numbered on
+    # across splits, dealt round-robin; none encoded twice, the resumed slice's first two kept.
+    chunks = [(split, 100 * i) for split, n in (("train", 14), ("validation", 2), ("test", 3))
+              for i in range(n)]
+    assert sorted(c for slice_chunks in encoded.values() for c in slice_chunks) == sorted(chunks)
+    assert encoded[0] == chunks[0::3] and encoded[1] == chunks[1::3] and encoded[2] == chunks[2::3]
+    # Run again, a slice finds the shards done.
+    datagen.generate(TextPairs(**pairs), data_dir, task_id=0, **sliced)
+    assert outputs(problem_dir) == one and not (problem_dir / ".work").exists()
+
+
+@pytest.mark.parametrize("num_tasks, task_id, message", [
+    (3, 3, "datagen.task_id=3 is out of range for datagen.num_tasks=3: slices are numbered 0 "
+           "to 2"),
+    (None, 1, "datagen.task_id=1 needs datagen.num_tasks=N"),
+    (None, "merge", "datagen.task_id=merge needs datagen.num_tasks=N"),
+    (3, None, "datagen.num_tasks=3 needs datagen.task_id: vocab"),
+    (3, "last", "datagen.task_id='last': use vocab, a slice number from 0 to 2, or merge"),
+    (0, 0, "datagen.num_tasks=0: give the number of slices"),
+])
+def test_bad_num_tasks_or_task_id_is_one_line(tmp_path, num_tasks, task_id, message):
+    with pytest.raises(UserError) as error:
+        datagen.generate(AlgorithmicReverse(**SMALL), tmp_path, num_tasks=num_tasks,
+                         task_id=task_id, **SETTINGS)
+    assert message in str(error.value)
+    assert not list(tmp_path.iterdir())  # refused before anything is written
+
+
+def test_merge_with_slices_missing_names_them_and_the_command(tmp_path):
+    """One line naming the slices not done and the command that runs them; the same
+    command, completed, then gives one machine's shards."""
+    args = ["problem=algorithmic_reverse", "problem.train_size=300", "problem.eval_size=20",
+            "datagen.chunk_size=50", "datagen.workers=1", f"data_dir={tmp_path / 'sliced'}",
+            "datagen.num_tasks=3"]
+    assert run_command("t2t-datagen", *args, "datagen.task_id=1").returncode == 0
+    result = run_command("t2t-datagen", *args, "datagen.task_id=merge")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: algorithmic_reverse: slice(s) 0, 2 "
+                                                   "of 3 are not done"), result.stderr
+    assert f"run them first, with the same options: `t2t-datagen {' '.join(args)} " \
+           f"datagen.task_id=0` and likewise the others" in lines[0]
+    problem = AlgorithmicReverse(train_size=300, eval_size=20)
+    for task_id in (0, 2, "merge"):
+        datagen.generate(problem, tmp_path / "sliced", chunk_size=50, num_tasks=3,
+                         task_id=task_id, progress=False)
+    one = datagen.generate(AlgorithmicReverse(train_size=300, eval_size=20), tmp_path / "one",
+                           chunk_size=50, progress=False)
+    assert outputs(tmp_path / "sliced" / "algorithmic_reverse") == outputs(one)
+
+
+@pytest.mark.parametrize("change", [{"max_length": 11}, {"chunk_size": 64}])
+def test_merge_of_slices_made_with_other_options_names_them(tmp_path, change):
+    sliced = dict(SETTINGS, num_tasks=3)
+    for task_id in range(3):
+        datagen.generate(AlgorithmicReverse(**SMALL), tmp_path, task_id=task_id,
+                         **{**sliced, **(change if task_id == 1 else {})})
+    with pytest.raises(UserError) as error:
+        datagen.generate(AlgorithmicReverse(**SMALL), tmp_path, task_id="merge", **sliced)
+    assert "slice(s) 1 (" in str(error.value)
+    assert "were made with other options or code than this merge" in str(error.value)
+    assert "datagen.task_id=1`" in str(error.value)
+
+
+def test_slices_need_the_vocab_step_and_its_vocabulary(tmp_path, pairs, monkeypatch):
+    """A slice of a problem with a vocabulary to learn refuses to start without the vocab
+    step. SentencePiece learns other pieces with another thread count (it uses the machine's
+    cores), so a vocab step run again on another machine makes another vocabulary: the merge
+    names the slices encoded with the old one."""
+    sliced = dict(SLICED, num_tasks=3)
+    with pytest.raises(UserError, match=r"no vocabulary for these options .* run `t2t-datagen "
+                                        r"problem=text_pairs .*datagen.task_id=vocab` first"):
+        datagen.generate(TextPairs(**pairs), tmp_path, task_id=0, **sliced)
+    vocab_dir = tmp_path / "text_pairs" / "vocab"
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    datagen.generate(TextPairs(**pairs), tmp_path, task_id="vocab", **sliced)
+    before = {p.name: p.read_bytes() for p in vocab_dir.iterdir()}
+    for task_id in range(3):
+        datagen.generate(TextPairs(**pairs), tmp_path, task_id=task_id, **sliced)
+    (tmp_path / "text_pairs" / ".work" / "vocab.json").unlink()
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    datagen.generate(TextPairs(**pairs), tmp_path, task_id="vocab", **sliced)
+    after = {p.name: p.read_bytes() for p in vocab_dir.iterdir()} .items() - before.items()
+    assert after, "SentencePiece learned the same vocabulary with 1 and 3 threads"
+    datagen.generate(TextPairs(**pairs), tmp_path, task_id=2, **sliced)
+    with pytest.raises(UserError, match=r"slice\(s\) 0, 1 encoded with another vocabulary"):
+        datagen.generate(TextPairs(**pairs), tmp_path, task_id="merge", **sliced)
