@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))  # problems/, modalities/
 
 from budget import SHARED  # noqa: E402
 
+from t2t.data import open_shards  # noqa: E402
 from t2t.datagen import generate  # noqa: E402
 from t2t.datamodule import T2TDataModule  # noqa: E402
 from t2t.lit_module import T2TLitModule  # noqa: E402
@@ -94,8 +95,8 @@ def main() -> None:
         name, experiment, options, max_samples = PROBLEMS[modality]
         options = {k: str(v) for k, v in options.items() if Path(v).is_dir()}
         problem = get_problem_class(name)(**options)
-        problem_dir = generate(problem, args.data_dir, max_samples=max_samples, progress=False,
-                               workers=2)
+        generate(problem, args.data_dir, max_samples=max_samples, progress=False, workers=2)
+        problem_dir = open_shards(problem, args.data_dir, {"max_samples": max_samples})
         config = OmegaConf.load(ROOT / "t2t" / "configs" / "experiment" / f"{experiment}.yaml")
         max_tokens = int(config.data.max_tokens)
 

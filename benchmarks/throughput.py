@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # problems/, modal
 from budget import SHARED  # noqa: E402
 
 from t2t import decoding  # noqa: E402
+from t2t.data import open_shards  # noqa: E402
 from t2t.datagen import generate  # noqa: E402
 from t2t.datamodule import PlannedBatches, PlanSettings  # noqa: E402
 from t2t.lit_module import T2TLitModule, add_eos  # noqa: E402
@@ -77,7 +78,8 @@ def multi30k_batches(data_dir: str, raw_dir: str | None, max_tokens: int, max_ro
     (with `packed_length`, as t2t trains with data.packed_length)."""
     discover()
     problem = get_problem_class("translate_deen_multi30k")(raw_dir=raw_dir)
-    problem_dir = generate(problem, data_dir, progress=False)
+    generate(problem, data_dir, progress=False)
+    problem_dir = open_shards(problem, data_dir, {})
     settings = PlanSettings(max_tokens=max_tokens, max_rows=max_rows, window=window,
                             packed_length=packed_length)
     batches = []

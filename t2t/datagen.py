@@ -34,6 +34,7 @@ slicing decides only where a chunk is encoded, not what it holds or where it goe
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import fcntl
 import gzip
@@ -86,9 +87,11 @@ def generate(
     num_tasks and task_id cut the work across machines (see the module docstring): task_id
     is "vocab", a slice number or "merge"; `command`, the t2t-datagen command line without
     task_id, is what error messages tell the user to run with another task_id.
-    Returns the problem directory. The problem's modalities hold their vocabularies after
-    (after a slice or a merge too; after the vocab step, those it learned).
+    Returns the problem directory. The problem passed in is left as it was: every process,
+    this one included, reads the vocabularies back with `t2t.data.open_shards`, so that no
+    process depends on having been the one that wrote the shards.
     """
+    problem = copy.deepcopy(problem)
     if on_bad_example not in ("error", "skip"):
         raise UserError(f"datagen.on_bad_example={on_bad_example!r}: use error or skip")
     task = _check_task(num_tasks, task_id)

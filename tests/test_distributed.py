@@ -21,6 +21,13 @@ import pytest
 from .conftest import dataset_dir, run_command
 
 BIN = Path(sys.executable).parent
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
 QUIET = ["trainer.enable_progress_bar=false", "eval.decode_batches=1",
          "eval.max_decode_length=12", "eval.examples=1", "model=tiny"]
 
@@ -263,3 +270,49 @@ def test_training_and_eval_stream_shards_from_an_http_data_dir(served, tmp_path)
     assert missing.returncode == 1
     assert "no shards of translate_deen_multi30k" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_setup_waits_for_shards_with_its_own_fingerprint_then_says_what_it_found(tmp_path):
+    from problems.algorithmic import AlgorithmicReverse
+    from problems.text_pairs import TextPairs
+    from t2t.data import open_shards, read_meta
+    from t2t.datagen import generate
+    from t2t.errors import UserError
+
+    small = {"train_size": 200, "eval_size": 10}
+    with pytest.raises(UserError, match=r"no shards of algorithmic_reverse .* after waiting 0 s "
+                                        r"\(no meta.json\)"):
+        open_shards(AlgorithmicReverse(**small), tmp_path, {}, wait_s=0.1, poll_s=0.05)
+    generate(AlgorithmicReverse(**small), tmp_path, progress=False)
+    # Shards of other options are stale for this process: it does not take them.
+    with pytest.raises(UserError, match="its meta.json has fingerprint"):
+        open_shards(AlgorithmicReverse(train_size=300, eval_size=10), tmp_path, {},
+                    wait_s=0.1, poll_s=0.05)
+    # Shards written while it waits are taken as soon as they are there.
+    writer = threading.Timer(0.3, generate, (AlgorithmicReverse(**{**small, "seed": 2}),
+                                             tmp_path / "late"), {"progress": False})
+    writer.start()
+    location = open_shards(AlgorithmicReverse(**{**small, "seed": 2}), tmp_path / "late", {},
+                           wait_s=60, poll_s=0.05)
+    writer.join()
+    assert read_meta(location)["options"]["seed"] == 2
+    # Setup restores what datagen learned (datagen leaves nothing behind in the problem).
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("".join(f"ab{i}\tba{i}\n" for i in range(40)))
+    generate(TextPairs(train=str(pairs), vocab="char"), tmp_path, progress=False)
+    problem = TextPairs(train=str(pairs), vocab="char")
+    assert problem.targets.needs_fit
+    open_shards(problem, tmp_path, {})
+    assert not problem.targets.needs_fit
+
+
+@pytest.mark.skipif(torch_cuda(), reason="this machine has a GPU")
+def test_gpu_trainers_on_a_machine_without_a_gpu_are_one_line(tmp_path):
+    for options in (["trainer=fsdp"], ["trainer=fsdp", "trainer.accelerator=cpu"],
+                    ["trainer=gpu"]):
+        result = run_command("t2t-train", "problem=algorithmic_reverse", *options,
+                             f"data_dir={tmp_path}", cwd=tmp_path)
+        assert result.returncode == 1, options
+        assert result.stderr.startswith("error: the trainer settings do not work here"), \
+            result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -76,8 +76,9 @@ def test_problem_round_trips_through_a_shard(name, tmp_path):
     assert set(cls.metrics) <= set(METRICS), f"{name} names unknown metrics"
 
     problem = cls(**options)
-    problem_dir = datagen.generate(problem, tmp_path / "data", max_samples=3, max_length=None,
-                                progress=False)
+    settings = {"max_samples": 3, "max_length": None}
+    datagen.generate(problem, tmp_path / "data", **settings, progress=False)
+    problem_dir = data.open_shards(problem, tmp_path / "data", settings)
     meta = data.read_meta(problem_dir)
     for split in problem.splits:
         raws = list(itertools.islice(problem.generate_samples(split), 3))

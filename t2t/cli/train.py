@@ -59,6 +59,7 @@ def data_parallel(trainer: Any, problems: list[Any]) -> dict[str, Any]:
 def train(config: Any) -> None:
     import hydra
     import lightning as L
+    from hydra.errors import InstantiationException
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -88,11 +89,18 @@ def train(config: Any) -> None:
     drop_lightning_tips()
     # The trainer knows this process's global rank (from torchrun, SLURM or its own launcher)
     # before any process group exists: the data life cycle needs it.
-    trainer = hydra.utils.instantiate(
-        config.trainer, default_root_dir=str(run_dir), **data_parallel(config.trainer, problems),
-        callbacks=[checkpoints, CheckpointOnSigterm(last), *averaging, *progress],
-        enable_progress_bar=bool(progress), plugins=[AtomicCheckpointIO()],
-        logger=[TensorBoardLogger(run_dir, name="tb"), CSVLogger(run_dir, name="csv")])
+    try:
+        trainer = hydra.utils.instantiate(
+            config.trainer, default_root_dir=str(run_dir),
+            **data_parallel(config.trainer, problems),
+            callbacks=[checkpoints, CheckpointOnSigterm(last), *averaging, *progress],
+            enable_progress_bar=bool(progress), plugins=[AtomicCheckpointIO()],
+            logger=[TensorBoardLogger(run_dir, name="tb"), CSVLogger(run_dir, name="csv")])
+    except InstantiationException as error:  # Lightning refusing the device or strategy
+        cause = str(error.__cause__ or error).strip().splitlines()[0]
+        raise UserError(f"the trainer settings do not work here: {cause} (trainer=gpu and "
+                        f"trainer=fsdp need CUDA GPUs; on CPUs use trainer=cpu, or trainer=ddp "
+                        f"trainer.accelerator=cpu)") from None
     problem_dirs = prepare_and_open_shards(problems, config, trainer.is_global_zero)
     model_config = hydra.utils.instantiate(config.model)
     model = T2TModel(model_config, [(p.inputs, p.targets) for p in problems])
