@@ -7,6 +7,7 @@ import functools
 import http.server
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import dataset_dir, run_command
+from .conftest import REPO, dataset_dir, run_command
 
 BIN = Path(sys.executable).parent
 
@@ -171,18 +172,41 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def two_nodes(options: list[str], tmp_path: Path, run_dir: Path) -> list[str]:
-    """The README's multi-node launch, one torchrun per "node", both on this machine."""
-    port = free_port()
+def readme_lines(prefix: str) -> list[str]:
+    """The README's commands of its "Several devices and nodes" section starting with prefix."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Several devices and nodes\n", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.startswith(prefix)]
+
+
+def test_readme_ddp_command_trains_a_sentencepiece_problem_on_two_processes(tmp_path):
+    (line,) = readme_lines("t2t-train")
+    args = shlex.split(line.replace("../shared/datasets/multi30k", str(dataset_dir("multi30k"))))
+    result = run_command(*args, cwd=tmp_path, timeout=500)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "metrics after 6 steps" in result.stdout
+    assert (tmp_path / "outputs" / "translate_deen_multi30k-tiny" / "checkpoints" /
+            "last.ckpt").is_file()
+
+
+# Smaller data than the README's lines train on (the same commands otherwise).
+SMALL = ["problem.train_size=1000", "problem.eval_size=40", "eval.max_decode_length=12",
+         "trainer.enable_progress_bar=false"]
+
+
+def two_nodes(tmp_path: Path, *extra: str) -> list[str]:
+    """The README's two torchrun lines, one "node" each, both on this machine (on a free
+    port), in tmp_path."""
+    port = str(free_port())
     processes = []
-    for node in (0, 1):
-        command = [str(BIN / "torchrun"), "--nnodes", "2", "--node-rank", str(node),
-                   "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port",
-                   str(port), str(BIN / "t2t-train"), *options, "trainer=ddp",
-                   "trainer.accelerator=cpu", "trainer.devices=1", "trainer.num_nodes=2",
-                   f"run_dir={run_dir}"]
-        processes.append(subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE,
+    for line in readme_lines("torchrun"):
+        args = shlex.split(line.replace("$(which t2t-train)", str(BIN / "t2t-train")))
+        args[args.index("--master-port") + 1] = port
+        processes.append(subprocess.Popen([str(BIN / "torchrun"), *args[1:], *extra],
+                                          cwd=tmp_path, stdout=subprocess.PIPE,
                                           stderr=subprocess.STDOUT, text=True))
+    assert len(processes) == 2
     outputs = []
     for process in processes:
         output, _ = process.communicate(timeout=400)
@@ -193,21 +217,21 @@ def two_nodes(options: list[str], tmp_path: Path, run_dir: Path) -> list[str]:
 
 @pytest.mark.timeout(600)
 def test_two_torchrun_nodes_train_once_on_shards_generated_once(tmp_path):
-    data_dir = tmp_path / "data"
-    options = ["problem=algorithmic_reverse", "problem.train_size=400", "problem.eval_size=20",
-               *QUIET, "trainer.max_steps=4", "trainer.val_check_interval=4",
-               "data.max_tokens=256", "data.num_workers=0", f"data_dir={data_dir}"]
     # Shards not generated yet: the first process of the run writes them, the other node
     # waits for them; nobody writes them twice.
-    outputs = two_nodes(options, tmp_path, tmp_path / "fresh")
-    written = sum(o.count("algorithmic_reverse/train:") for o in outputs)
-    assert written == 1, outputs
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    outputs = two_nodes(fresh, *SMALL)
+    assert sum(o.count("algorithmic_reverse/train:") for o in outputs) == 1, outputs
     assert sum("metrics after 4 steps" in o for o in outputs) == 1
-    assert [p.name for p in (tmp_path / "fresh" / "checkpoints").glob("*.ckpt")] == ["last.ckpt"]
+    checkpoints = fresh / "outputs" / "algorithmic_reverse-tiny" / "checkpoints"
+    assert [p.name for p in checkpoints.glob("*.ckpt")] == ["last.ckpt"]
     # Shards already there: both nodes just read them.
-    outputs = two_nodes(options, tmp_path, tmp_path / "again")
+    again = tmp_path / "again"
+    again.mkdir()
+    outputs = two_nodes(again, *SMALL, f"data_dir={fresh / 'data'}")
     assert sum(o.count("algorithmic_reverse/train:") for o in outputs) == 0
-    assert (tmp_path / "again" / "checkpoints" / "last.ckpt").is_file()
+    assert sum("metrics after 4 steps" in o for o in outputs) == 1
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
