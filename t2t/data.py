@@ -76,7 +76,10 @@ def read_bytes(location: str | Path) -> bytes:
     try:
         with fsspec.open(str(location), "rb") as f:
             return f.read()
-    except FileNotFoundError:
+    except FileNotFoundError as error:
+        # fsspec's HTTP file system reports an unreachable server as a missing file too.
+        if isinstance(error.__cause__, OSError):
+            raise UserError(f"cannot read {location}: {error.__cause__}") from None
         raise
     except ImportError as error:  # s3:// without s3fs, say: fsspec names the package
         raise UserError(f"cannot read {location}: {error}") from None

@@ -340,3 +340,14 @@ def test_gpu_trainers_on_a_machine_without_a_gpu_are_one_line(tmp_path):
         assert result.stderr.startswith("error: the trainer settings do not work here"), \
             result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_an_unreachable_url_data_dir_is_one_line_naming_it():
+    from t2t.data import read_meta
+    from t2t.errors import UserError
+
+    with socket.socket() as s:  # a port nothing listens on: bound, never listening
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/data/algorithmic_reverse"
+        with pytest.raises(UserError, match=f"cannot read {url}/meta.json: "):
+            read_meta(url)
