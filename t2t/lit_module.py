@@ -192,7 +192,8 @@ class T2TLitModule(L.LightningModule):
         counts = self.trainer.num_val_batches
         total = counts[dataloader_idx] if counts else 1
         stride = max(1, int(total) // max(1, self.val_decode_batches))
-        if batch_idx % stride == 0 and batch_idx // stride < self.val_decode_batches:
+        chosen = batch_idx % stride == 0 and batch_idx // stride < self.val_decode_batches
+        if chosen and batch["weight"]:  # a filler batch (see `equalize`) repeats samples
             self._decode_for_metrics(batch)
 
     def _decode_for_metrics(self, batch: dict[str, Any]) -> None:
@@ -218,15 +219,30 @@ class T2TLitModule(L.LightningModule):
         return str(problem.inputs.decode(batch["inputs"][row]))
 
     def on_validation_epoch_end(self) -> None:
-        for index, (sources, predictions, references) in self._decoded.items():
+        for index, (sources, predictions, references) in self._all_ranks_decoded().items():
             problem = self.problems[index]
             scores = {name: get_metric(name)(predictions, references) for name in problem.metrics}
             self.latest_metrics[problem.name] = scores
             self.examples[problem.name] = list(zip(sources, predictions, references,
                                                    strict=True))
-            # Decoded on every rank's own batches; logged from rank 0's view.
+            # The same on every rank: each scored every rank's decodes.
             self.log_dict({f"val/{problem.name}/{k}": float(v) for k, v in scores.items()},
-                          rank_zero_only=True)
+                          sync_dist=True)
+
+    def _all_ranks_decoded(self) -> dict[int, tuple[list, list, list]]:
+        """What every rank decoded: each rank validates its own share of the split, and
+        corpus metrics (BLEU) are not averages of per-rank scores."""
+        if self.trainer.world_size == 1:
+            return self._decoded
+        gathered: list[Any] = [None] * self.trainer.world_size
+        torch.distributed.all_gather_object(gathered, self._decoded)
+        merged: dict[int, tuple[list, list, list]] = {}
+        for decoded in gathered:
+            for index, columns in sorted(decoded.items()):
+                for mine, theirs in zip(merged.setdefault(index, ([], [], [])), columns,
+                                        strict=True):
+                    mine.extend(theirs)
+        return merged
 
     # -- checkpoints ---------------------------------------------------------------------------
 

@@ -29,8 +29,13 @@ def torch_cuda() -> bool:
 
     return torch.cuda.is_available()
 
-QUIET = ["trainer.enable_progress_bar=false", "eval.decode_batches=1",
-         "eval.max_decode_length=12", "eval.examples=1", "model=tiny"]
+QUIET = ["trainer.enable_progress_bar=false", "eval.max_decode_length=12", "eval.examples=1",
+         "model=tiny"]
+
+
+def squeezed(text: str) -> str:
+    """Text without whitespace: rich wraps table titles wherever it likes."""
+    return "".join(text.split())
 
 
 def family_options(name: str) -> list[str]:
@@ -57,6 +62,7 @@ def train_command(options: list[str], data_dir: Path, run_dir: Path, seen: Path)
     return [str(BIN / "t2t-train"), *options, *QUIET, "trainer=ddp", "trainer.accelerator=cpu",
             "trainer.devices=2", "trainer.max_steps=-1", "trainer.max_epochs=2",
             "trainer.val_check_interval=1000", "datagen.max_samples=240",
+            "eval.decode_batches=1000",
             "data.max_tokens=600", "data.window=64", "data.num_workers=1",
             "checkpoint_every=3", f"data_dir={data_dir}", f"run_dir={run_dir}",
             f"record_samples={seen}"]
@@ -147,6 +153,10 @@ def test_ddp_trains_every_family_resumes_after_a_kill_and_evaluates(family, shar
         meta = json.loads((shared_data / name / "meta.json").read_text())
         size = meta["splits"]["train"]["count"]
         complete = member_epochs(batches, index, size)
+        # Validation scored what both ranks decoded: the whole split, each sample once.
+        decoded = meta["splits"]["validation"]["count"]
+        assert squeezed(f"{name}: example decodes (of {decoded} decoded)") in \
+            squeezed(resumed.stdout)
         if len(members) == 1:  # a single problem: its epochs are the trainer's
             assert complete == 2
             for epoch in (0, 1):
@@ -163,7 +173,7 @@ def test_ddp_trains_every_family_resumes_after_a_kill_and_evaluates(family, shar
         "split=validation", "datagen.max_samples=240", "decode.beam_size=1",
         "decode.max_length=12", "decode.best_of=0", f"data_dir={shared_data}", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    assert "validation:" in " ".join(evaluated.stdout.split())
+    assert "validation:" in squeezed(evaluated.stdout)
 
 
 def free_port() -> int:
@@ -274,7 +284,7 @@ def test_training_and_eval_stream_shards_from_an_http_data_dir(served, tmp_path)
                             "split=test", "decode.beam_size=1", "decode.max_length=12",
                             cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    assert "test: 200 examples" in " ".join(evaluated.stdout.split())  # the title may wrap
+    assert squeezed("test: 200 examples") in squeezed(evaluated.stdout)
 
     # The sha256 check holds for remote shards: a changed byte is named, not trained on.
     shard = root / "data" / "translate_deen_multi30k" / "test-000000.tar.gz"

@@ -41,7 +41,7 @@ def print_report(module: Any, trainer: Any, examples: int = 3) -> None:
         picks = sorted({round(i * (len(decoded) - 1) / max(1, examples - 1))
                         for i in range(examples)})
         rows = [decoded[i] for i in picks]
-        table = Table(title=f"{problem.name}: example decodes")
+        table = Table(title=f"{problem.name}: example decodes (of {len(decoded)} decoded)")
         for column in ("input", "prediction", "reference"):
             table.add_column(column, overflow="fold")
         for source, prediction, reference in rows:
