@@ -342,8 +342,7 @@ def test_setup_waits_for_shards_with_its_own_fingerprint_then_says_what_it_found
 
 @pytest.mark.skipif(torch_cuda(), reason="this machine has a GPU")
 def test_gpu_trainers_on_a_machine_without_a_gpu_are_one_line(tmp_path):
-    for options in (["trainer=fsdp"], ["trainer=fsdp", "trainer.accelerator=cpu"],
-                    ["trainer=gpu"]):
+    for options in (["trainer=fsdp", "trainer.accelerator=cpu"], ["trainer=gpu"]):
         result = run_command("t2t-train", "problem=algorithmic_reverse", *options,
                              f"data_dir={tmp_path}", cwd=tmp_path)
         assert result.returncode == 1, options
