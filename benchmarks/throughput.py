@@ -47,8 +47,7 @@ from t2t.datamodule import PlannedBatches, PlanSettings  # noqa: E402
 from t2t.lit_module import T2TLitModule, add_eos  # noqa: E402
 from t2t.model import PRESETS, T2TModel  # noqa: E402
 from t2t.registry import discover, get_problem_class  # noqa: E402
-
-PAD, EOS, BOS = decoding.PAD, decoding.EOS, decoding.BOS
+from t2t.tokens import BOS, EOS, PAD  # noqa: E402
 
 
 def sync(device: torch.device) -> None:

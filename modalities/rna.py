@@ -5,10 +5,11 @@ in IUPAC letters (N = any base; A, C, G, U locked; R, Y, S, W, K, M, B, D, H, V 
 as `"((((....)))) NNNNGAAANNNN"` (space-separated) or `{"structure": ..., "constraint": ...}`.
 Stored as int8 rows (structure symbol, constraint letter, partner index + 1). The bottom adds
 to each position's symbol and constraint embeddings its pairing partner: the partner's own
-sinusoidal position (the signal the body adds there, so attention can find it) and the
-partner's signed distance, bucketed. The body is unchanged.
+sinusoidal position (the signal the body adds there, so attention can find it; the body
+hands it over, see `StructureEmbedding`) and the partner's signed distance, bucketed. The
+body is unchanged.
 
-A sequence target is A, C, G, U (T is read as U) with the text modality's reserved ids.
+A sequence target is A, C, G, U (T is read as U) after the reserved ids (t2t.tokens).
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from modalities.text import EOS, NUM_RESERVED, PAD, TextEmbedding, TiedSoftmax
+from modalities.text import TextEmbedding, TiedSoftmax
 from t2t.errors import UserError
 from t2t.modality import Modality
 from t2t.registry import register_modality
+from t2t.tokens import EOS, NUM_RESERVED, PAD
 
 STRUCTURE = "(.)"
 BASES = "ACGU"
@@ -141,35 +143,36 @@ class StructureModality(Modality):
         return structure if set(constraint) <= {"N"} else f"{structure} {constraint}"
 
     def bottom(self, d_model: int) -> nn.Module:
-        return StructureEmbedding(d_model, self.max_length)
+        return StructureEmbedding(d_model)
 
 
 class StructureEmbedding(nn.Module):
-    """(B, L, 3) structure rows -> (B, L, d_model): symbol + constraint + partner knowledge."""
+    """(B, L, 3) structure rows -> (B, L, d_model): symbol + constraint + partner knowledge.
 
-    def __init__(self, d_model: int, max_length: int, offset_buckets: int = 32):
+    It takes positions (t2t.model.T2TModel's contract): `forward(rows, pad_mask, positions)`
+    gets the body's position signal `positions` (L, d_model), row i the signal the encoder adds
+    to input i, and adds a projection of each partner's row to its position."""
+
+    takes_positions = True
+
+    def __init__(self, d_model: int, offset_buckets: int = 32):
         super().__init__()
-        from t2t.model import timing_signal
-
         self.symbol = nn.Embedding(len(STRUCTURE) + 1, d_model, padding_idx=0)
         self.constraint = nn.Embedding(len(CONSTRAINT_LETTERS) + 1, d_model, padding_idx=0)
         self.offset = nn.Embedding(2 * offset_buckets + 1, d_model)
         self.partner_position = nn.Linear(d_model, d_model, bias=False)
         self.offset_buckets = offset_buckets
-        # Position signals as the body adds them, shifted by one for the problem token.
-        self.register_buffer("positions", timing_signal(max_length + 1, d_model)[1:],
-                             persistent=False)
         for table in (self.symbol, self.constraint, self.offset):
             nn.init.normal_(table.weight, std=1.0)  # unit scale, like the text embeddings
 
-    def forward(self, rows: torch.Tensor, pad_mask: torch.Tensor):
+    def forward(self, rows: torch.Tensor, pad_mask: torch.Tensor, positions: torch.Tensor):
         symbol, constraint, partner = rows.unbind(-1)  # (B, L) each
         paired = partner > 0
         index = torch.arange(rows.shape[1], device=rows.device)
         offset = torch.where(paired, partner - 1 - index[None, :], 0)  # (B, L) j - i
         x = self.symbol(symbol) + self.constraint(constraint)
         x = x + self.offset(self._bucket(offset)) * paired[..., None]
-        partner_signal = self.positions[(partner - 1).clamp(min=0)]  # (B, L, C)
+        partner_signal = positions[(partner - 1).clamp(min=0)]  # (B, L, C)
         x = x + self.partner_position(partner_signal) * paired[..., None]
         return x, pad_mask
 

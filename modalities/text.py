@@ -1,14 +1,9 @@
 """Text as token ids: SentencePiece subwords, characters, or UTF-8 bytes.
 
-Reserved ids, the same in every vocabulary (and the ones the decoder relies on):
-
-    PAD = 0   padding; never predicted
-    EOS = 1   end of sequence; appended to targets by the trainer, stops decoding
-    BOS = 2   start of sequence; the model uses a per-problem BOS vector in its place
-    UNK = 3   a character the vocabulary cannot express (never for "byte", rare for
-              "sentencepiece", which falls back to bytes)
-
-Real symbols start at id 4. Shards store ids as little-endian int32 without BOS/EOS.
+Reserved ids are those of every vocabulary (t2t.tokens: PAD 0, EOS 1, BOS 2, UNK 3); real
+symbols start at NUM_RESERVED = 4. UNK is a character the vocabulary cannot express: never
+for "byte", rare for "sentencepiece", which falls back to bytes. Shards store ids as
+little-endian int32 without BOS/EOS.
 
 Round trips (decode(encode(text)) == text) are exact for every vocabulary, with one known
 exception: SentencePiece writes spaces as U+2581 ("▁"), so a literal U+2581 in the input
@@ -33,9 +28,7 @@ from t2t.errors import UserError
 from t2t.files import write_atomic
 from t2t.modality import Modality
 from t2t.registry import register_modality
-
-PAD, EOS, BOS, UNK = 0, 1, 2, 3
-NUM_RESERVED = 4
+from t2t.tokens import BOS, EOS, NUM_RESERVED, PAD, UNK
 
 
 def _digest(data: bytes) -> str:

@@ -41,9 +41,9 @@ from t2t.data import (
     shard_pipeline,
     split_shards,
 )
-from t2t.decoding import BOS, EOS, PAD
 from t2t.errors import UserError
 from t2t.problem import Problem
+from t2t.tokens import BOS, EOS, PAD
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-PAD, EOS, BOS, UNK = 0, 1, 2, 3
+from t2t.tokens import BOS, EOS, PAD
 
 Allowed = Callable[[torch.Tensor], torch.Tensor]
 

@@ -13,15 +13,13 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 
-from t2t import decoding
 from t2t.errors import UserError
 from t2t.inference import decode_ids
 from t2t.metrics import get_metric
 from t2t.modality import Modality
 from t2t.model import T2TModel
 from t2t.problem import Problem
-
-EOS, PAD = decoding.EOS, decoding.PAD
+from t2t.tokens import EOS, PAD
 
 
 def add_eos(targets: torch.Tensor) -> torch.Tensor:

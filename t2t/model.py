@@ -4,7 +4,10 @@ Read top to bottom: config -> position encodings -> attention -> layers -> KV ca
 `Transformer`. Token embeddings (bottoms) and output projections (tops) live in the
 modalities; this body sees and returns `(B, T, C)` hidden states only. Two small pieces
 tell it which problem it is solving: a learned problem token prepended to the encoder
-input, and a learned per-problem BOS vector as the decoder's first input.
+input, and a learned per-problem BOS vector as the decoder's first input. The body owns the
+position signal (and where each input sits, behind the problem token): an input bottom that
+needs it declares `takes_positions = True` and is handed it (`T2TModel`), rather than
+rebuilding it.
 
 Shapes: B batch, S source length, T target length, C d_model, H heads, Dh = C // H.
 Masks follow two conventions: `pad_mask` arguments are True at padding (like the data
@@ -334,13 +337,22 @@ class Transformer(nn.Module):
         for layer in [*self.encoder, *self.decoder]:
             layer.compile(dynamic=True)
 
-    def _add_positions(self, x: Tensor, start: int = 0) -> Tensor:
-        # x (B, T, C) holds positions start..start+T-1.
-        end = start + x.size(1)
+    def _signal(self, start: int, end: int) -> Tensor:
+        # The position signal (end - start, C) of positions start..end-1.
         if end > self.config.max_positions:
             raise ValueError(f"sequence reaches position {end}, beyond "
                              f"max_positions={self.config.max_positions}")
-        return self.drop(x + self.positions[start:end].to(x.dtype))
+        return self.positions[start:end]
+
+    def _add_positions(self, x: Tensor, start: int = 0) -> Tensor:
+        # x (B, T, C) holds positions start..start+T-1.
+        return self.drop(x + self._signal(start, start + x.size(1)).to(x.dtype))
+
+    def input_positions(self, length: int) -> Tensor:
+        """(length, C): row i is the position signal the encoder adds to input i (0-based),
+        for input bottoms that need it (`takes_positions`, see `T2TModel`). The problem token
+        is position 0, so input i sits at position i + 1. ValueError beyond max_positions."""
+        return self._signal(1, 1 + length)
 
     def _add_positions_at(self, x: Tensor, positions: Tensor) -> Tensor:
         # x (B, T, C), positions (B, T): packed rows, whose segments each count from 0, so
@@ -501,6 +513,13 @@ class T2TModel(nn.Module):
     `key`, `bottom(d_model)` and `top(d_model, bottom)`). Modules are keyed by modality key:
     problems, or the two sides of one problem, whose modalities have equal keys share weights
     (a joint vocabulary ties input embedding, target embedding and softmax).
+
+    Position contract: the body owns the position signal. An input bottom whose class sets
+    `takes_positions = True` is called as `bottom(inputs, pad_mask, positions)`, with
+    `positions` (S, C) = `body.input_positions(S)` for the inputs' S positions (dim 1): row i
+    is the signal the encoder adds to input i (so such a modality is not `packable`: packed
+    rows count positions per segment). Other bottoms are called as `bottom(inputs,
+    pad_mask)`. A bottom never imports this module to rebuild the signal.
     """
 
     def __init__(self, config: ModelConfig, modalities: list[tuple]):
@@ -521,7 +540,12 @@ class T2TModel(nn.Module):
 
     def encode(self, problem: int, inputs: Tensor, inputs_pad: Tensor,
                packing: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
-        x, pad = self.bottoms[self.keys[problem][0]](inputs, inputs_pad)  # (B, S, C), (B, S)
+        bottom = self.bottoms[self.keys[problem][0]]
+        if getattr(bottom, "takes_positions", False):
+            positions = self.body.input_positions(inputs.size(1))  # (S, C)
+            x, pad = bottom(inputs, inputs_pad, positions)  # (B, S, C), (B, S)
+        else:
+            x, pad = bottom(inputs, inputs_pad)  # (B, S, C), (B, S)
         problems = torch.full((x.shape[0],), problem, dtype=torch.long, device=x.device)
         return self.body.encode(x, pad, problems, packing)  # (B, S+1, C), (B, S+1)
 

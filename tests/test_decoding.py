@@ -8,7 +8,8 @@ from collections import Counter
 import pytest
 import torch
 
-from t2t.decoding import BOS, EOS, PAD, beam_search, best_of_n, greedy, sample, strip
+from t2t.decoding import beam_search, best_of_n, greedy, sample, strip
+from t2t.tokens import BOS, EOS, PAD
 
 VOCAB = 6
 

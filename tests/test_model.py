@@ -108,9 +108,9 @@ def test_target_padding_does_not_change_real_positions(model):
 
 def test_loss_is_label_smoothed_cross_entropy_over_the_labelled_positions():
     from problems.algorithmic import AlgorithmicReverse
-    from t2t.decoding import PAD
     from t2t.lit_module import T2TLitModule, add_eos
     from t2t.model import T2TModel
+    from t2t.tokens import PAD
 
     problem = AlgorithmicReverse()
     torch.manual_seed(0)

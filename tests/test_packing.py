@@ -9,10 +9,10 @@ import torch
 from problems.algorithmic import AlgorithmicAddition, AlgorithmicReverse
 from t2t import data, datagen
 from t2t.datamodule import PlannedBatches, PlanSettings, epoch_plan, pack, packed_rows
-from t2t.decoding import PAD
 from t2t.errors import UserError
 from t2t.lit_module import T2TLitModule
 from t2t.model import PRESETS, T2TModel
+from t2t.tokens import PAD
 
 
 def random_samples(count: int, seed: int, vocab: int = 14) -> list[dict]:

@@ -3,10 +3,12 @@ verifier, the search, rna_design / rna_eterna100, and t2t-decode / t2t-eval end 
 
 from __future__ import annotations
 
+import ast
 import itertools
 import json
 import random
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -44,7 +46,7 @@ from problems.rna_search import (
 from t2t import decoding
 from t2t.errors import UserError
 from t2t.metrics import solved, structure_distance
-from t2t.model import PRESETS, T2TModel
+from t2t.model import PRESETS, ModelConfig, T2TModel, Transformer, timing_signal
 
 from .conftest import dataset_dir, run_command
 
@@ -100,15 +102,64 @@ def test_structure_round_trips_through_storage(raw):
     assert [j - 1 for j in loaded[:, 2].tolist()] == pair_table(structure)
 
 
+TINY_BODY = ModelConfig(d_model=32, num_heads=4, num_encoder_layers=1, num_decoder_layers=1,
+                        d_ff=64, dropout=0.0, max_positions=64)
+
+
 def test_structure_embedding_sees_the_partner():
     modality = StructureModality()
     bottom = modality.bottom(32)
     a = modality.load(modality.encode("((....))"))
     b = modality.load(modality.encode("(.(..).)"))  # same symbols at 0 and 7, other partners
-    x, _ = bottom(*modality.collate([a, b]))
+    x, _ = bottom(*modality.collate([a, b]), Transformer(TINY_BODY).input_positions(8))
     assert torch.allclose(x[0, 3], x[1, 3])  # both unpaired dots
     assert not torch.allclose(x[0, 1], x[1, 1])  # paired vs unpaired
     assert not torch.allclose(x[0, 2], x[1, 2])  # a dot vs a '(' paired with 5
+
+
+def test_structure_bottom_gets_the_body_positions_of_its_inputs():
+    # The body owns the position signal and hands the bottom row i = what the encoder adds to
+    # input i, behind the problem token: the table the bottom once built for itself
+    # (timing_signal(max_length + 1)[1:]), so trained checkpoints see the same inputs.
+    structure = StructureModality(max_length=40)
+    model = T2TModel(TINY_BODY, [(structure, NucleotideModality())]).eval()
+    rows, pad = structure.collate([structure.load(structure.encode(s))
+                                   for s in ("((((....))))..", "(.(..).)")])
+    bottom = model.bottoms[model.keys[0][0]]
+    seen = []
+    bottom.register_forward_hook(lambda module, args, out: seen.append((args, out)))
+    memory, _ = model.encode(0, rows, pad)
+    (_, _, positions), (x, _) = seen[0]
+    L = rows.size(1)
+    assert positions.shape == (L, 32)
+    assert torch.equal(positions, model.body.positions[1:L + 1])
+    before = timing_signal(structure.max_length + 1, 32)[1:]
+    assert torch.allclose(positions, before[:L], atol=1e-6, rtol=0)
+    assert torch.allclose(x, bottom(rows, pad, before[:L])[0], atol=1e-6, rtol=0)
+    # The pair (0, 11) of row 0: each side reads the other's position signal.
+    with torch.no_grad():
+        partner_part = x[0, 0] - bottom.symbol(rows[0, 0, 0]) - bottom.constraint(rows[0, 0, 1])
+        partner_part -= bottom.offset(bottom._bucket(torch.tensor(11)))
+        assert torch.allclose(partner_part, bottom.partner_position(before[11]), atol=1e-5)
+    # Parameters as before (checkpoints load); the signal is not part of the state.
+    assert {k: tuple(v.shape) for k, v in bottom.state_dict().items()} == {
+        "symbol.weight": (4, 32), "constraint.weight": (16, 32), "offset.weight": (65, 32),
+        "partner_position.weight": (32, 32)}
+    # Inputs beyond the position table: the body's error, before the bottom indexes it.
+    wide = StructureModality(max_length=100)  # the same bottom: max_length is not in it
+    long = wide.collate([wide.load(wide.encode("(" * 35 + ")" * 35))])
+    with pytest.raises(ValueError, match="max_positions=64"):
+        model.encode(0, *long)
+
+
+def test_modalities_do_not_import_the_model():
+    # Bottoms get what the body knows (positions) from T2TModel, not by importing it.
+    for path in sorted((Path(__file__).resolve().parents[1] / "modalities").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert node.module != "t2t.model", path.name
+            elif isinstance(node, ast.Import):
+                assert all(a.name != "t2t.model" for a in node.names), path.name
 
 
 def test_sequences_round_trip_and_bad_letters_are_named():

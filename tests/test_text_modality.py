@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from modalities import TextModality
-from modalities.text import BOS, EOS, NUM_RESERVED, PAD, UNK
 from t2t.errors import UserError
+from t2t.tokens import BOS, EOS, NUM_RESERVED, PAD, UNK
 
 MULTI30K = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "multi30k"
 
