@@ -26,7 +26,10 @@ it out, judged by ViennaRNA (PyPI `ViennaRNA`, module `RNA`) at its default para
 
 Both share their modalities, so a model trained on `rna_design` evaluates `rna_eterna100`.
 Decoding is a search (`t2t.inference.search`): pairing constraints while sampling, best-of-N
-by `verify`, then `refine` (an adaptive walk) until solved or out of time.
+by `verify`, then `refine` (an adaptive walk) until solved or out of time. The problems take
+part in all of t2t's decoding protocols (t2t.problem: Verifier, ConstrainedDecoding,
+GuidedSearch, FormatsPredictions), and register their metrics, `solved` and
+`structure_distance`, here.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import math
 import multiprocessing
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,6 +62,7 @@ from problems.rna_search import (
 from t2t import Problem, register_problem
 from t2t.errors import UserError
 from t2t.files import download
+from t2t.metrics import References, check_references, register_metric
 from t2t.problem import resolve_raw_dir
 
 CHUNK = 500  # samples per generation task
@@ -98,8 +102,39 @@ def naive_design(structure: str) -> str:
     return "".join("A" if j < 0 else "G" if i < j else "C" for i, j in enumerate(partner))
 
 
+@register_metric("solved")
+def solved(predictions: Sequence[str], references: References) -> float:
+    """RNA design: the share of designs whose ViennaRNA MFE structure is the reference
+    structure exactly (references are dot-bracket structures)."""
+    return sum(d == 0.0 for d in _structure_distances(predictions, references)) / max(
+        1, len(predictions))
+
+
+@register_metric("structure_distance", higher_is_better=False)
+def structure_distance(predictions: Sequence[str], references: References) -> float:
+    """RNA design: mean Hamming distance between each design's MFE structure and the reference
+    structure, over the structure's length (1.0 for a design of the wrong length)."""
+    distances = _structure_distances(predictions, references)
+    return sum(distances) / max(1, len(distances))
+
+
+def _structure_distances(predictions: Sequence[str], references: References) -> list[float]:
+    out = []
+    for prediction, refs in zip(predictions, check_references(predictions, references),
+                                strict=True):
+        target = refs[0]
+        if len(prediction) != len(target) or set(prediction) - set("ACGU"):
+            out.append(1.0)
+            continue
+        folded, _ = fold(prediction)
+        out.append(sum(a != b for a, b in zip(folded, target, strict=True)) / len(target))
+    return out
+
+
 class RnaDesignBase(Problem):
-    """What both RNA problems share: modalities, metrics and the design-time search hooks."""
+    """What both RNA problems share: modalities, metrics and the design-time search methods
+    (the protocols Verifier, ConstrainedDecoding, GuidedSearch and FormatsPredictions of
+    t2t.problem)."""
 
     inputs = StructureModality()
     targets = NucleotideModality()
@@ -117,6 +152,12 @@ class RnaDesignBase(Problem):
         it is for 33 of the 100 Eterna100 v2 puzzles."""
         structure, constraint = parse_design_input(inputs)
         return [targeted_design(structure, constraint, random.Random(0))]
+
+    def model_covers(self, inputs: Any) -> bool:
+        """Every structure, as for any problem that says nothing of its training data;
+        `rna_design` knows the lengths it trains on (t2t-eval decodes a benchmark with the
+        trained problem's search methods)."""
+        return True
 
     def refine(self, inputs: Any, candidates: list[str], deadline: float, *,
                seed: int = 0) -> str:

@@ -14,7 +14,7 @@ import torch
 from t2t import decoding
 from t2t.errors import UserError
 from t2t.model import ModelConfig, T2TModel
-from t2t.problem import Problem
+from t2t.problem import Problem, Verifier, constraint_for, search_hooks
 from t2t.registry import problems as registry
 
 
@@ -111,9 +111,8 @@ def decode_loaded(model: T2TModel, problem: Problem, index: int, loaded: list[to
                   time_budget_s: float | None = None, seed: int = 0) -> list[Any]:
     """Predictions for loaded inputs: beam search (greedy at beam_size 1), or with best_of > 0
     the verifier-guided `search` for each input. best_of=None chooses: 64 for problems with a
-    verifier, else beam search."""
-    if best_of is None:
-        best_of = 64 if problem.has_verifier() else 0
+    verifier (t2t.problem.Verifier), else beam search."""
+    best_of = default_best_of(problem, best_of)
     if best_of > 0:
         return [search(model, problem, index, x, best_of=best_of, temperature=temperature,
                        time_budget_s=time_budget_s, max_length=max_length, seed=seed)
@@ -123,8 +122,15 @@ def decode_loaded(model: T2TModel, problem: Problem, index: int, loaded: list[to
     inputs, inputs_pad = inputs.to(device), inputs_pad.to(device)
     ids = decode_ids(model, index, inputs, inputs_pad, beam_size=beam_size,
                      length_penalty=length_penalty, max_length=max_length,
-                     allowed=problem.decoding_constraint(inputs, inputs_pad))
+                     allowed=constraint_for(problem, inputs, inputs_pad))
     return [problem.targets.decode(row) for row in ids]
+
+
+def default_best_of(problem: Problem, best_of: int | None) -> int:
+    """decode.best_of as given, or for None: 64 for a Verifier, 0 (beam search) otherwise."""
+    if best_of is None:
+        return 64 if isinstance(problem, Verifier) else 0
+    return best_of
 
 
 def decode_ids(model: T2TModel, index: int, inputs: torch.Tensor, inputs_pad: torch.Tensor, *,
@@ -153,38 +159,45 @@ SAMPLING_SHARE = 0.25  # of the time budget, at most, until sampling stops
 def search(model: T2TModel | None, problem: Problem, index: int, loaded: torch.Tensor, *,
            best_of: int, temperature: float = 1.0, time_budget_s: float | None = None,
            max_length: int = 256, seed: int = 0) -> Any:
-    """Test-time compute for one input of a problem with a verifier, stopping at the first
-    candidate that verifies (score 1.0):
+    """Test-time compute for one input of a problem with a verifier (t2t.problem.Verifier),
+    stopping at the first candidate that verifies (score 1.0):
     1. verify the problem's quick candidates, and refine them for QUICK_REFINE_SHARE of the
        time budget: where the heuristic is close, seconds of search finish it, and sampling
-       would only spend the budget (on Eterna100, a round of samples of a 400-nt design takes
-       tens of seconds on a CPU);
+       would only spend the budget (on a design benchmark, a round of samples of a 400-token
+       design took tens of seconds on a CPU);
     2. sample up to `best_of` candidates under the problem's decoding constraint, in rounds of
        SAMPLES_PER_ROUND, until SAMPLING_SHARE of the budget is spent;
     3. hand the quick candidates and the samples that score above them, best first, to
-       `problem.refine` for the rest of the budget.
-    model=None is the search without the model (step 2 skipped): the ablation that shows what
-    the model adds. Step 2 is skipped too where `problem.model_covers(raw)` says the model never
-    saw such inputs (on Eterna100, samples beyond the trained lengths were worse starts than
-    the quick candidates, and a round of them cost tens of seconds), unless the problem has no
-    quick candidates: then the samples are all there is. A target may be as long
-    as its input: max_length grows to its length + 1."""
+       `refine` for the rest of the budget.
+    Quick candidates, `model_covers` and `refine` are the problem's where it is a
+    t2t.problem.GuidedSearch; else there are none, every input is covered, and the best
+    sample is the answer. model=None is the search without the model (step 2 skipped): the
+    ablation that shows what the model adds. Step 2 is skipped too where `model_covers(raw)`
+    says the model never saw such inputs (on that benchmark, samples beyond the trained
+    lengths were worse starts than the quick candidates, and a round of them cost tens of
+    seconds), unless the problem has no quick candidates: then the samples are all there is.
+    A target may be as long as its input: max_length grows to its length + 1."""
+    if not isinstance(problem, Verifier):
+        raise UserError(f"problem {problem.name} has no verifier (a verify(inputs, prediction) "
+                        f"method), so it cannot be decoded by search; use decode.best_of=0 "
+                        f"(beam search)")
+    hooks = search_hooks(problem)
     start = time.monotonic()
     deadline = start + time_budget_s if time_budget_s else math.inf
     raw = problem.inputs.decode(loaded)
-    quick = {c: float(problem.verify(raw, c)) for c in problem.quick_candidates(raw)}
+    quick = {c: float(problem.verify(raw, c)) for c in hooks.quick_candidates(raw)}
     # The bar a sample must pass to be refined: the quick candidates as they come, not as
     # refined (a few seconds of refinement outscore nearly every sample).
     bar = max(quick.values(), default=-math.inf)
     if quick and bar < 1.0 and time_budget_s:
-        refined = problem.refine(raw, list(quick), start + QUICK_REFINE_SHARE * time_budget_s,
-                                 seed=seed)
+        refined = hooks.refine(raw, list(quick), start + QUICK_REFINE_SHARE * time_budget_s,
+                               seed=seed)
         quick[refined] = float(problem.verify(raw, refined))
     for candidate, value in quick.items():
         if value >= 1.0:
             return candidate
     # Without quick candidates the samples are all there is, covered or not.
-    sampling = model is not None and (problem.model_covers(raw) or not quick)
+    sampling = model is not None and (hooks.model_covers(raw) or not quick)
     if not sampling and not quick:
         raise UserError(f"problem {problem.name}: a search without a model starts from the "
                         f"problem's quick_candidates, and it has none; pass a checkpoint "
@@ -196,13 +209,14 @@ def search(model: T2TModel | None, problem: Problem, index: int, loaded: torch.T
     if scored[best] >= 1.0:
         return best
     # A sample is worth a walk only where the verifier ranks it above the quick candidates:
-    # on Eterna100 the walk from weaker samples failed where fresh targeted designs solved.
+    # on the design benchmark, refining weaker samples failed where fresh heuristic starts
+    # succeeded.
     worth = {**quick, **{c: v for c, v in scored.items() if v > bar}}
     starts = sorted(worth, key=worth.get, reverse=True)  # stable: a quick one wins a tie
     if time.monotonic() >= deadline:  # no budget: no refinement, the best candidate as is
         return starts[0]
     # A new seed: the fresh starts of this refinement differ from those of step 1's.
-    return problem.refine(raw, starts, deadline, seed=seed + 1)
+    return hooks.refine(raw, starts, deadline, seed=seed + 1)
 
 
 def _samples(model: T2TModel, problem: Problem, index: int, loaded: torch.Tensor, raw: Any, *,
@@ -216,7 +230,7 @@ def _samples(model: T2TModel, problem: Problem, index: int, loaded: torch.Tensor
     device = next(model.parameters()).device
     inputs, inputs_pad = (t.to(device) for t in problem.inputs.collate([loaded] * rows))
     decoder = model.decoder(index)
-    allowed = problem.decoding_constraint(inputs, inputs_pad)
+    allowed = constraint_for(problem, inputs, inputs_pad)
     for round_ in range(math.ceil(best_of / rows)):
         if round_ and time.monotonic() >= stop:
             break

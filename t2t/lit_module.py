@@ -18,7 +18,7 @@ from t2t.inference import decode_ids
 from t2t.metrics import get_metric
 from t2t.modality import Modality
 from t2t.model import T2TModel
-from t2t.problem import Problem
+from t2t.problem import Problem, constraint_for
 from t2t.tokens import EOS, PAD
 
 
@@ -200,8 +200,8 @@ class T2TLitModule(L.LightningModule):
         predicted = decode_ids(self.model, batch["problem"], batch["inputs"],
                                batch["inputs_pad"], beam_size=self.beam_size,
                                max_length=min(self.max_decode_length, 2 * longest + 10),
-                               allowed=problem.decoding_constraint(batch["inputs"],
-                                                                   batch["inputs_pad"]))
+                               allowed=constraint_for(problem, batch["inputs"],
+                                                      batch["inputs_pad"]))
         sources, predictions, references = self._decoded.setdefault(batch["problem"],
                                                                     ([], [], []))
         for row, ids in enumerate(predicted):

@@ -1,4 +1,5 @@
-"""Problem base class: what a task declares, and nothing more."""
+"""Problem base class: what a task declares, and nothing more; and the opt-in protocols of
+problems decoded by a verifier-guided search."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import random
 import typing
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from t2t.errors import UserError, unknown_name
 from t2t.modality import Modality
+
+if TYPE_CHECKING:
+    from t2t.decoding import Allowed
 
 
 class Problem:
@@ -24,9 +28,11 @@ class Problem:
       - options as keyword-only `__init__` arguments with types and defaults
       - `generate_samples(split)`, yielding `{"inputs": raw, "targets": raw}`; it must be
         deterministic for a given split and options (datagen resumes by replaying it)
-    Optional: `download(raw_dir)`, `verify(inputs, prediction)`, `ctc_weight` and, for
-    design-style problems decoded by search, `decoding_constraint`, `refine` and
-    `format_prediction`.
+    Optional: `download(raw_dir)`, `ctc_weight`, and the methods of the decoding protocols
+    below, each opt-in by defining its methods (no base class to inherit): `Verifier`
+    (`verify`: decoding becomes a verifier-guided search), `ConstrainedDecoding`,
+    `GuidedSearch` and `FormatsPredictions`. A problem's own metrics are registered with
+    `t2t.metrics.register_metric` in its module.
     The first line of the class docstring is the description `t2t-problems` shows.
     """
 
@@ -57,41 +63,6 @@ class Problem:
     def generate_samples(self, split: str) -> Iterator[dict[str, Any]]:
         """Yield {"inputs": raw, "targets": raw} for one split."""
         raise NotImplementedError(f"{type(self).__name__}.generate_samples")
-
-    def verify(self, inputs: Any, prediction: Any) -> float:
-        """Score a prediction without a reference, 1.0 = correct (for best-of-N decoding)."""
-        raise NotImplementedError(f"{type(self).__name__} has no verifier")
-
-    # Optional decoding hooks (see t2t.inference.search); the defaults do nothing.
-
-    def decoding_constraint(self, inputs: Any, inputs_pad: Any) -> Any:
-        """`allowed(prefix) -> mask` for decoding a collated batch of inputs (t2t.decoding),
-        or None for no constraint."""
-        return None
-
-    def quick_candidates(self, inputs: Any) -> list[Any]:
-        """Predictions the problem can build without the model in a few milliseconds (a
-        heuristic design), verified before any sampling: where one already verifies, sampling
-        would only spend the time budget. The default has none."""
-        return []
-
-    def model_covers(self, inputs: Any) -> bool:
-        """Whether a model trained on this problem has seen inputs like these, so that its
-        samples are worth their share of a search's time budget. The default: always."""
-        return True
-
-    def refine(self, inputs: Any, candidates: list[Any], deadline: float, *, seed: int = 0) -> Any:
-        """Improve on candidates (best first) by search until `deadline` (time.monotonic()),
-        randomised by `seed`; called when none of them verified. The default keeps the first."""
-        return candidates[0]
-
-    def format_prediction(self, inputs: Any, prediction: Any) -> str:
-        """One output line of t2t-decode for a prediction."""
-        return str(prediction)
-
-    @classmethod
-    def has_verifier(cls) -> bool:
-        return cls.verify is not Problem.verify
 
     @classmethod
     def option_specs(cls) -> dict[str, tuple[Any, Any]]:
@@ -140,6 +111,113 @@ class Problem:
     def description(cls) -> str:
         doc = inspect.getdoc(cls)
         return doc.splitlines()[0] if doc and cls.__doc__ else ""
+
+
+# -- decoding protocols ---------------------------------------------------------------------------
+# A problem takes part in one by defining its methods; the core checks with isinstance (the
+# protocols are runtime-checkable) and does without them where a problem lacks them.
+
+
+@runtime_checkable
+class Verifier(Protocol):
+    """A problem whose predictions can be checked without a reference (a design that must
+    fold, a sum that can be computed). Its decoding is `t2t.inference.search` by default:
+    sampling best-of-N, stopping at the first prediction that verifies."""
+
+    def verify(self, inputs: Any, prediction: Any) -> float:
+        """Score a prediction for raw inputs, 1.0 = correct, lower = worse (0.0 at worst)."""
+        ...
+
+
+@runtime_checkable
+class ConstrainedDecoding(Protocol):
+    """A problem that restricts which tokens may follow a prefix, in every decoding (beam
+    search, sampling, validation)."""
+
+    def decoding_constraint(self, inputs: Any, inputs_pad: Any) -> Allowed | None:
+        """`allowed(prefix) -> mask` for decoding a collated batch of inputs (see
+        t2t.decoding), or None for no constraint."""
+        ...
+
+
+@runtime_checkable
+class GuidedSearch(Protocol):
+    """A `Verifier` that helps its search: candidates of its own, and a search that improves
+    on them. All three methods, or none (a search without them samples only)."""
+
+    def quick_candidates(self, inputs: Any) -> list[Any]:
+        """Predictions the problem builds without the model in a few milliseconds (a
+        heuristic), verified before any sampling: where one already verifies, sampling would
+        only spend the time budget. Without GuidedSearch: none."""
+        ...
+
+    def model_covers(self, inputs: Any) -> bool:
+        """Whether a model trained on this problem has seen inputs like these, so that its
+        samples are worth their share of a search's time budget. Without GuidedSearch:
+        always."""
+        ...
+
+    def refine(self, inputs: Any, candidates: list[Any], deadline: float, *,
+               seed: int = 0) -> Any:
+        """Improve on candidates (best first) by search until `deadline` (time.monotonic()),
+        randomised by `seed`; called when none of them verified. Without GuidedSearch: the
+        first candidate."""
+        ...
+
+
+@runtime_checkable
+class FormatsPredictions(Protocol):
+    """A problem with its own output line for t2t-decode (the default: str(prediction))."""
+
+    def format_prediction(self, inputs: Any, prediction: Any) -> str:
+        """One output line of t2t-decode for a prediction of raw inputs."""
+        ...
+
+
+class _Unguided:
+    """GuidedSearch's defaults, for a verifier without search methods of its own."""
+
+    def quick_candidates(self, inputs: Any) -> list[Any]:
+        return []
+
+    def model_covers(self, inputs: Any) -> bool:
+        return True
+
+    def refine(self, inputs: Any, candidates: list[Any], deadline: float, *,
+               seed: int = 0) -> Any:
+        return candidates[0]
+
+
+_GUIDED_SEARCH_METHODS = ("quick_candidates", "model_covers", "refine")
+
+
+def search_hooks(problem: Any) -> GuidedSearch:
+    """The problem itself where it is a GuidedSearch, else the defaults (no quick candidates,
+    every input covered, no refinement). A problem with only some of the three methods is an
+    error: the others would be ignored without a word."""
+    if isinstance(problem, GuidedSearch):
+        return problem
+    some = [m for m in _GUIDED_SEARCH_METHODS if callable(getattr(problem, m, None))]
+    if some:
+        missing = [m for m in _GUIDED_SEARCH_METHODS if m not in some]
+        raise UserError(f"problem {problem.name} defines {', '.join(some)} but not "
+                        f"{', '.join(missing)}: a guided search (t2t.problem.GuidedSearch) "
+                        f"needs quick_candidates, model_covers and refine, or none of them")
+    return _Unguided()
+
+
+def constraint_for(problem: Any, inputs: Any, inputs_pad: Any) -> Allowed | None:
+    """The problem's decoding constraint for a collated batch, or None without one."""
+    if isinstance(problem, ConstrainedDecoding):
+        return problem.decoding_constraint(inputs, inputs_pad)
+    return None
+
+
+def prediction_line(problem: Any, inputs: Any, prediction: Any) -> str:
+    """t2t-decode's output line for a prediction: the problem's format, or str(prediction)."""
+    if isinstance(problem, FormatsPredictions):
+        return problem.format_prediction(inputs, prediction)
+    return str(prediction)
 
 
 def resolve_raw_dir(raw_dir: str | Path | None, problem_name: str) -> Path:

@@ -33,6 +33,8 @@ from problems.rna_design import (
     read_puzzles,
     redrawn_design,
     repaired_design,
+    solved,
+    structure_distance,
     structure_hash,
 )
 from problems.rna_search import (
@@ -45,7 +47,6 @@ from problems.rna_search import (
 )
 from t2t import decoding
 from t2t.errors import UserError
-from t2t.metrics import solved, structure_distance
 from t2t.model import PRESETS, ModelConfig, T2TModel, Transformer, timing_signal
 
 from .conftest import dataset_dir, run_command
@@ -596,3 +597,19 @@ def test_train_then_decode_and_eval_eterna100(tmp_path):
                             f"data_dir={tmp_path / 'data'}", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert "verified 2/2" in evaluated.stdout and "solved" in evaluated.stdout
+
+
+def test_rna_problems_take_part_in_the_decoding_protocols_and_own_their_metrics():
+    from t2t import ConstrainedDecoding, FormatsPredictions, GuidedSearch, Verifier
+    from t2t.metrics import HIGHER_IS_BETTER, get_metric
+
+    for problem in (RnaDesign(), RnaEterna100(raw_dir="unused")):
+        for protocol in (Verifier, ConstrainedDecoding, GuidedSearch, FormatsPredictions):
+            assert isinstance(problem, protocol), (problem.name, protocol.__name__)
+    # Registered by this problem module, not by t2t.metrics.
+    assert get_metric("solved") is solved and HIGHER_IS_BETTER["solved"]
+    assert get_metric("structure_distance") is structure_distance
+    assert not HIGHER_IS_BETTER["structure_distance"]
+    for metric in (solved, structure_distance):
+        with pytest.raises(ValueError, match="2 predictions but 1 references"):
+            metric(["GGGGAAAACCCC", "GGGGAAAACCCC"], ["((((....))))"])

@@ -35,6 +35,7 @@ def decode_settings(decode: Any) -> dict[str, Any]:
 def decode(config: Any) -> None:
     from t2t.cli.common import build_problem
     from t2t.inference import batches, decode_raw, load_checkpoint, resolve_device, select_problem
+    from t2t.problem import prediction_line
 
     device = resolve_device(config.device)
     model, problems = load_checkpoint(config.ckpt)
@@ -49,7 +50,7 @@ def decode(config: Any) -> None:
             predictions = decode_raw(model, problems[index], index, chunk,
                                      **decode_settings(config.decode))
             for raw, prediction in zip(chunk, predictions, strict=True):
-                print(problem.format_prediction(raw, prediction), file=out,
+                print(prediction_line(problem, raw, prediction), file=out,
                       flush=out is sys.stdout)
     finally:
         if out is not sys.stdout:

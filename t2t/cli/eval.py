@@ -20,11 +20,13 @@ def evaluate(config: Any) -> None:
     from t2t.inference import (
         batches,
         decode_loaded,
+        default_best_of,
         load_checkpoint,
         resolve_device,
         select_problem,
     )
     from t2t.metrics import get_metric
+    from t2t.problem import Verifier
 
     device = resolve_device(config.device)
     model, problems = load_checkpoint(config.ckpt)
@@ -71,9 +73,7 @@ def evaluate(config: Any) -> None:
         with open(config.output_file, "w", encoding="utf-8") as f:
             f.writelines(f"{p}\n" for p in predictions)
     settings = decode_settings(config.decode)
-    best_of = settings["best_of"]
-    if best_of is None:
-        best_of = 64 if problem.has_verifier() else 0
+    best_of = default_best_of(problem, settings["best_of"])
     how = (f"search: best of {best_of}, {settings['time_budget_s']} s each" if best_of
            else f"beam {settings['beam_size']}")
     table = Table(title=f"{problem.name} / {config.split}: {len(samples)} examples, {how}, "
@@ -83,7 +83,7 @@ def evaluate(config: Any) -> None:
     for name in problem.metrics:
         table.add_row(name, f"{get_metric(name)(predictions, references):.4f}")
     console().print(table)
-    if problem.has_verifier():
+    if isinstance(problem, Verifier):
         failed = [i + 1 for i, (sample, prediction) in enumerate(zip(samples, predictions,
                                                                       strict=True))
                   if problem.verify(problem.inputs.decode(sample["inputs"]), prediction) < 1.0]
