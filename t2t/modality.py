@@ -11,7 +11,7 @@ from torch import nn
 
 
 class Modality:
-    """One kind of data (text, image, audio, RNA...).
+    """One kind of data (text, image, audio, ...).
 
     A modality instance belongs to one problem instance (problems copy their class-level
     modalities, see `Problem.__new__`), so `fit` may store a vocabulary on it.

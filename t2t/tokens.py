@@ -1,6 +1,6 @@
 """The reserved token ids: one contract between data, modalities, model and decoding.
 
-Every token vocabulary (text, RNA sequences, ...) starts with the same four ids:
+Every token vocabulary (text, a molecule's letters, ...) starts with the same four ids:
 
     PAD = 0   padding; never predicted. Batches are right-padded with it, labels use it as
               the ignore index, CTC uses it as the blank, and decoding fills finished rows
