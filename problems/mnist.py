@@ -80,9 +80,9 @@ class MnistDigitStrings(Problem):
         self.ctc_weight = ctc_weight  # digits read left to right: see Problem.ctc_weight
         self.sizes = {"train": train_size, "validation": eval_size, "test": eval_size}
         width = -(-36 * max_digits // 8) * 8  # room for max_digits, in whole 8-pixel patches
-        # Full-height strips 8 pixels wide: ~3.5 per digit, a 27-token sequence for 6 digits.
-        # On CPU they trained 3x faster per step than 8x8 squares (4 rows x 27 columns) and
-        # reached 78% exact match on validation in 5 minutes, where squares were at 2%.
+        # Full-height strips 8 pixels wide: ~3.5 per digit, a 27-token sequence for 6 digits,
+        # a quarter of 8x8 squares' tokens; they also learned far faster
+        # (benchmarks/results/mnist_digit_strings.md).
         self.inputs = ImageModality(height=32, max_width=width, channels=1,
                                     patch_size=(32, 8), augment=True,
                                     elastic=elastic, thickness=thickness,

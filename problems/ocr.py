@@ -67,8 +67,8 @@ class OcrRenderedText(Problem):
         self.sizes = {"train": train_size, "validation": eval_size, "test": eval_size}
         # Full-height strips 8 pixels wide: the sequence reads along the line. Every one of
         # 500 validation lines has at least the frames CTC needs (labels plus a blank between
-        # doubled letters; median 1.7x). In 20 CPU minutes they reached test CER 0.047, 4-pixel
-        # strips (twice the tokens) 0.128.
+        # doubled letters; median 1.7x); narrower strips cost tokens and did worse
+        # (benchmarks/results/ocr_rendered_text.md).
         self.inputs = ImageModality(height=height, max_width=16 * height, channels=1,
                                     patch_size=(height, 8), augment=True)
         self.targets = TextModality(vocab="char", alphabet=ALPHABET)

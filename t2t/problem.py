@@ -28,7 +28,7 @@ class Problem:
       - options as keyword-only `__init__` arguments with types and defaults
       - `generate_samples(split)`, yielding `{"inputs": raw, "targets": raw}`; it must be
         deterministic for a given split and options (datagen resumes by replaying it)
-    Optional: `download(raw_dir)`, `ctc_weight`, and the methods of the decoding protocols
+    Optional: `ctc_weight`, and the methods of the decoding protocols
     below, each opt-in by defining its methods (no base class to inherit): `Verifier`
     (`verify`: decoding becomes a verifier-guided search), `ConstrainedDecoding`,
     `GuidedSearch` and `FormatsPredictions`. A problem's own metrics are registered with
