@@ -6,19 +6,16 @@ it out, judged by ViennaRNA (PyPI `ViennaRNA`, module `RNA`) at its default para
   `sequences=designed` (the default) a design for that structure is made as a designer would
   (a targeted design with up to 30% of its pairs and loop bases redrawn), and the pair is that
   design with its own MFE structure: the model learns which design choices fold into which
-  structures. With `sequences=random` the pair is the random sequence and its structure (a
-  model of those samples random-like sequences: on 12 Eterna100 puzzles, starts with 5-10x
-  the base-pair distance of targeted designs). With `sequences=repaired` the structure of the
-  random sequence gets the targeted design, or where that misfolds, the adaptive walk's fix of
-  it with every change the fold does not need put back: the heuristic plus the repairs the
-  structure demands, which a model can learn (the redraws of `designed` are noise to it: on
-  14 hard Eterna100 puzzles, a model trained on designed data, given the targeted design so
-  far, found the targeted design's base likeliest at 879 of 881 positions). `hard_share` of
-  the samples are drawn again until the targeted design misfolds their structure (3% of
-  designed samples do by chance): what a model can add to the search is what that heuristic
-  does not know, and the targeted design folds right 96.5% of designed structures. Made in
-  parallel processes, chunk by chunk, deterministic per seed whatever the number of processes.
-  Structures of the Eterna100 benchmarks (v1 and v2, listed below by hash) are never emitted.
+  structures. With `sequences=random` the pair is the random sequence and its structure. With
+  `sequences=repaired` the structure of the random sequence gets the targeted design, or where
+  that misfolds, the adaptive walk's fix of it with every change the fold does not need put
+  back: the heuristic plus the repairs the structure demands, which a model can learn (the
+  redraws of `designed` are noise to it). `hard_share` of the samples are drawn again until the
+  targeted design misfolds their structure: what a model can add to the search is what that
+  heuristic does not know. What each choice gave is in benchmarks/results/rna_eterna100.md.
+  Made in parallel processes, chunk by chunk, deterministic per seed whatever the number of
+  processes. Structures of the Eterna100 benchmarks (v1 and v2, listed below by hash) are
+  never emitted.
 - `rna_eterna100`: the Eterna100 benchmark as a test split, read from `raw_dir` (a TSV with a
   `structure` or `Secondary Structure` column) or downloaded from the benchmark's repository.
   Its stored targets are the naive design (GC pairs, A loops), the benchmark's floor; the
