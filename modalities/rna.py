@@ -102,7 +102,8 @@ def pairable(left: str, right: str) -> bool:
 
 @register_modality("rna_structure")
 class StructureModality(Modality):
-    """Target RNA secondary structures in dot-bracket, with optional sequence constraints."""
+    """The structures to design for (a problem's inputs): dot-bracket, with optional sequence
+    constraints."""
 
     kind = "rna_structure"
     extension = "struct"
