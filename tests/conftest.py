@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+# pytest runs two test processes (`-n 2` in pyproject.toml) on CI's two cores: a test's torch,
+# and the commands it starts, use one thread each; two OpenMP pools per process would spin
+# against each other and slow every test down.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
