@@ -63,10 +63,6 @@ def join(location: str | Path, name: str) -> str | Path:
     return Path(location) / name
 
 
-def problem_location(data_dir: str | Path, problem_name: str) -> str | Path:
-    return join(data_dir, problem_name)
-
-
 def read_bytes(location: str | Path) -> bytes:
     """A local file's or a URL's bytes. FileNotFoundError when there is none."""
     if not is_url(location):
@@ -166,7 +162,7 @@ def open_shards(problem: Problem, data_dir: str | Path, datagen_options: Mapping
     problem's own fingerprint is there (waiting up to `wait_s` for another process or node to
     write it: a stale meta.json does not count), with the problem's vocabularies restored
     from them. One clear error when they do not come."""
-    location = problem_location(data_dir, problem.name)
+    location = join(data_dir, problem.name)
     expected = fingerprint(problem, shard_settings(datagen_options))
     deadline, told = time.monotonic() + wait_s, False
     while True:
@@ -219,13 +215,15 @@ def verify_shard(path: str | Path, sha256: str) -> None:
     stat = path.stat()
     if (str(path), stat.st_size, stat.st_mtime) in _verified:
         return  # once per process and file version: epochs re-read shards
-    actual = sha256_file(path)
-    if actual != sha256:
-        raise CorruptShardError(
-            f"shard {path} is corrupt or truncated (sha256 {actual[:16]}..., meta.json says "
-            f"{sha256[:16]}...); delete it and run t2t-datagen again to rebuild it"
-        )
+    _check_sha256(path, sha256_file(path), sha256,
+                  "delete it and run t2t-datagen again to rebuild it")
     _verified.add((str(path), stat.st_size, stat.st_mtime))
+
+
+def _check_sha256(shard: str | Path, actual: str, recorded: str, fix: str) -> None:
+    if actual != recorded:
+        raise CorruptShardError(f"shard {shard} is corrupt or truncated (sha256 {actual[:16]}..., "
+                                f"meta.json says {recorded[:16]}...); {fix}")
 
 
 def split_shards(problem_dir: str | Path, split: str, meta: dict[str, Any] | None = None
@@ -260,11 +258,8 @@ def _opened_shards(shards: Iterable[dict]) -> Iterator[dict]:
             except FileNotFoundError:
                 raise CorruptShardError(f"shard {url} is missing; copy the problem's shards "
                                         f"there again") from None
-            actual = hashlib.sha256(data).hexdigest()
-            if actual != shard["sha256"]:
-                raise CorruptShardError(
-                    f"shard {url} is corrupt or truncated (sha256 {actual[:16]}..., meta.json "
-                    f"says {shard['sha256'][:16]}...); copy the problem's shards there again")
+            _check_sha256(url, hashlib.sha256(data).hexdigest(), shard["sha256"],
+                          "copy the problem's shards there again")
             yield {"url": url, "stream": io.BytesIO(data)}
         else:
             verify_shard(url, shard["sha256"])

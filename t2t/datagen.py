@@ -54,7 +54,14 @@ from typing import Any
 import numpy as np
 import webdataset as wds
 
-from t2t.data import ROLES, fingerprint, read_meta, restore_vocabularies, shards_intact
+from t2t.data import (
+    ROLES,
+    fingerprint,
+    is_url,
+    read_meta,
+    restore_vocabularies,
+    shards_intact,
+)
 from t2t.errors import UserError
 from t2t.files import sha256_file, write_atomic
 from t2t.modality import Modality
@@ -62,6 +69,14 @@ from t2t.problem import Problem
 from t2t.progress import PeriodicReporter, format_duration
 
 STEPS = ("vocab", "merge")  # the task_ids of a sliced run that are not slices
+
+
+def prepare(problem: Problem, data_dir: str | Path, **settings: Any) -> None:
+    """Write the shards a run needs where they may be missing: a local data_dir. A URL is
+    read-only to t2t: its shards were copied there beforehand (`t2t.data.open_shards`
+    checks them)."""
+    if not is_url(data_dir):
+        generate(problem, data_dir, **settings)
 
 
 def generate(
@@ -91,6 +106,9 @@ def generate(
     this one included, reads the vocabularies back with `t2t.data.open_shards`, so that no
     process depends on having been the one that wrote the shards.
     """
+    if is_url(data_dir):
+        raise UserError(f"datagen writes to a local data_dir, not {data_dir}: write the shards "
+                        f"locally and copy data_dir/{problem.name}/ there")
     problem = copy.deepcopy(problem)
     if on_bad_example not in ("error", "skip"):
         raise UserError(f"datagen.on_bad_example={on_bad_example!r}: use error or skip")

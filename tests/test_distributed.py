@@ -351,9 +351,15 @@ def test_gpu_trainers_on_a_machine_without_a_gpu_are_one_line(tmp_path):
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
-def test_an_unreachable_url_data_dir_is_one_line_naming_it():
+def test_an_unreachable_url_data_dir_and_datagen_to_a_url_are_one_line():
+    from problems.algorithmic import AlgorithmicReverse
     from t2t.data import read_meta
+    from t2t.datagen import generate
     from t2t.errors import UserError
+
+    # Datagen writes locally only (it once made a folder named "http:").
+    with pytest.raises(UserError, match="datagen writes to a local data_dir, not http://"):
+        generate(AlgorithmicReverse(train_size=10), "http://127.0.0.1:1/data")
 
     with socket.socket() as s:  # a port nothing listens on: bound, never listening
         s.bind(("127.0.0.1", 0))

@@ -15,8 +15,8 @@ def evaluate(config: Any) -> None:
 
     from t2t.cli.decode import decode_settings
     from t2t.cli.report import console
-    from t2t.data import is_url, open_shards, read_split
-    from t2t.datagen import generate
+    from t2t.data import open_shards, read_split
+    from t2t.datagen import prepare
     from t2t.inference import (
         batches,
         decode_loaded,
@@ -44,8 +44,7 @@ def evaluate(config: Any) -> None:
     else:  # a benchmark problem the checkpoint's problem stands in for (select_problem)
         problem = shards_problem
     # Prepare (a local data_dir may still lack the split's shards), then set up.
-    if not is_url(config.data_dir):
-        generate(shards_problem, config.data_dir, **config.datagen)
+    prepare(shards_problem, config.data_dir, **config.datagen)
     problem_dir = open_shards(shards_problem, config.data_dir, config.datagen)
     for role in ("inputs", "targets"):
         if getattr(shards_problem, role).key != getattr(problem, role).key:

@@ -33,13 +33,13 @@ def prepare_and_open_shards(problems: list[Any], config: Any, is_global_zero: bo
     process of the run writes missing shards; a URL data_dir must hold them already), then
     set up (every process waits for shards with its own fingerprint and restores the
     vocabularies from them). Nothing is learned on one process that another does not read."""
-    from t2t.data import is_url, open_shards
-    from t2t.datagen import generate
+    from t2t.data import open_shards
+    from t2t.datagen import prepare
 
     locations = []
     for problem in problems:
-        if is_global_zero and not is_url(config.data_dir):
-            generate(problem, config.data_dir, **config.datagen)
+        if is_global_zero:
+            prepare(problem, config.data_dir, **config.datagen)
         wait_s = 0.0 if is_global_zero else config.shards_wait_s
         locations.append(open_shards(problem, config.data_dir, config.datagen, wait_s=wait_s,
                                      say=print))
