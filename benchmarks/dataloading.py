@@ -12,6 +12,7 @@ a multiple of what the step consumes, or it is the bottleneck.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import sys
 import time
@@ -56,10 +57,11 @@ def loader_speed(datamodule: T2TDataModule, seconds: float) -> float:
     return samples / (time.perf_counter() - start)
 
 
-def training_speed(problem, datamodule: T2TDataModule, steps: int) -> float:
+def training_speed(problem, datamodule: T2TDataModule, steps: int, bottoms: dict) -> float:
     """Samples/s of `small`'s training steps on batches taken from the loader beforehand."""
     torch.manual_seed(0)
-    model = T2TModel(PRESETS["small"], [(problem.inputs, problem.targets)])
+    model = T2TModel(dataclasses.replace(PRESETS["small"], bottoms=bottoms),
+                     [(problem.inputs, problem.targets)])
     lit = T2TLitModule(model, [problem])
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     batches = []
@@ -71,7 +73,7 @@ def training_speed(problem, datamodule: T2TDataModule, steps: int) -> float:
     for i, batch in enumerate(batches):
         if i == 2:  # two warm-up steps
             samples, start = 0, time.perf_counter()
-        loss, _ = lit.loss(batch, 0.1, problem.ctc_weight)
+        loss, _ = lit.loss(batch, 0.1, lit.ctc_weights[0])
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -99,10 +101,13 @@ def main() -> None:
         problem_dir = open_shards(problem, args.data_dir, {"max_samples": max_samples})
         config = OmegaConf.load(ROOT / "t2t" / "configs" / "experiment" / f"{experiment}.yaml")
         max_tokens = int(config.data.max_tokens)
+        # The experiment's augmentation and bottoms (an image stem), over the defaults.
+        augment = OmegaConf.to_container(config.data.get("augment", {}))
+        bottoms = OmegaConf.to_container(config.get("model", {}).get("bottoms", {}))
 
         datamodule = functools.partial(T2TDataModule, [problem], [problem_dir],
-                                       max_tokens=max_tokens)
-        consumed = training_speed(problem, datamodule(num_workers=0), args.steps)
+                                       max_tokens=max_tokens, augment=augment)
+        consumed = training_speed(problem, datamodule(num_workers=0), args.steps, bottoms)
         delivered = {w: loader_speed(datamodule(num_workers=w), args.seconds) for w in workers}
         rows.append((modality, name, max_tokens, consumed, delivered))
         print(f"{modality}: small trains {consumed:.0f} samples/s; loader "

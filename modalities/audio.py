@@ -91,17 +91,8 @@ class AudioModality(Modality):
     window_ms/hop_ms: STFT window and hop; num_mels: mel bins; conv_channels: width of the
     two subsampling convolutions; freq_masks x freq_mask_width (mel bins) and time_masks x
     time_mask_width (frames): SpecAugment in training when spec_augment is True.
-    speed_perturb: factors (e.g. [0.9, 1.0, 1.1]) one of which, drawn per training
-    utterance, changes its speed and pitch together (Ko et al. 2015): new voices from few
-    speakers. A factor's rate (sample_rate x factor) should share a large divisor with
-    sample_rate, or resampling gets slow. Batches are planned on the stored lengths, so a
-    slowed utterance can make a batch up to 1/min(factors) times its max_tokens.
-    freq_warp: in training, each utterance's mel axis is stretched or squeezed by a factor
-    drawn from [1 - freq_warp, 1 + freq_warp] (vocal tract length perturbation, Jaitly and
-    Hinton 2013): other formant positions at the same speed, unlike speed_perturb.
-    noise_snr_db: [low, high]: in training, white noise is added to each utterance at a
-    signal-to-noise ratio drawn from that range (dB, against the utterance's own RMS): other
-    recording conditions, and silences that are never digitally silent.
+    A run's data.augment.audio settings (see `AudioAugmentation`) and model.bottoms.audio
+    settings (`bottom`) add more of training's random changes.
     """
 
     kind = "audio"
@@ -110,19 +101,7 @@ class AudioModality(Modality):
     def __init__(self, sample_rate: int = 16000, num_mels: int = 80, window_ms: float = 25.0,
                  hop_ms: float = 10.0, conv_channels: int = 32, spec_augment: bool = True,
                  freq_masks: int = 2, freq_mask_width: int = 15, time_masks: int = 2,
-                 time_mask_width: int = 10, speed_perturb: Sequence[float] = (),
-                 freq_warp: float = 0.0, noise_snr_db: Sequence[float] = ()):
-        if any(not 0.5 <= factor <= 2.0 for factor in speed_perturb):
-            raise UserError(f"AudioModality speed_perturb factors must be between 0.5 and 2, "
-                            f"got {list(speed_perturb)}")
-        self.speed_perturb = [float(factor) for factor in speed_perturb]
-        if not 0.0 <= freq_warp < 0.5:
-            raise UserError(f"AudioModality freq_warp must be in [0, 0.5), got {freq_warp}")
-        self.freq_warp = float(freq_warp)
-        if noise_snr_db and (len(noise_snr_db) != 2 or noise_snr_db[0] > noise_snr_db[1]):
-            raise UserError(f"AudioModality noise_snr_db must be [low, high] in dB (or empty "
-                            f"for no noise), got {list(noise_snr_db)}")
-        self.noise_snr_db = [float(db) for db in noise_snr_db]
+                 time_mask_width: int = 10):
         self.sample_rate, self.num_mels, self.conv_channels = sample_rate, num_mels, conv_channels
         self.window = round(sample_rate * window_ms / 1000)  # samples
         self.hop = round(sample_rate * hop_ms / 1000)
@@ -156,22 +135,21 @@ class AudioModality(Modality):
                         subtype="PCM_16")
         return out.getvalue()
 
-    def load(self, data: bytes, augment: bool = False) -> torch.Tensor:
-        """(N,) float32 waveform at sample_rate; in training, at a random speed from
-        speed_perturb and with noise at a random SNR from noise_snr_db (SpecAugment happens
-        on the device)."""
+    def augmentation(self, *, speed_perturb: Sequence[float] = (),
+                     noise_snr_db: Sequence[float] = ()) -> AudioAugmentation:
+        return AudioAugmentation(speed_perturb, noise_snr_db)
+
+    def load(self, data: bytes, augment: AudioAugmentation | None = None) -> torch.Tensor:
+        """(N,) float32 waveform at sample_rate, in training changed by `augment`
+        (SpecAugment happens on the device)."""
         import soundfile
 
         waveform, rate = soundfile.read(io.BytesIO(data), dtype="float32")
-        if augment and self.speed_perturb:
-            factor = self.speed_perturb[int(torch.randint(len(self.speed_perturb), ()))]
-            rate = round(rate * factor)  # played faster (factor > 1) or slower: N / factor
+        if augment is not None:
+            rate = augment.played_rate(rate)
         waveform = torch.from_numpy(resample(waveform, rate, self.sample_rate))
-        if augment and self.noise_snr_db:
-            low, high = self.noise_snr_db
-            snr_db = low + (high - low) * float(torch.rand(()))
-            rms = waveform.square().mean().sqrt()
-            waveform = waveform + torch.randn_like(waveform) * rms * 10 ** (-snr_db / 20)
+        if augment is not None:
+            waveform = augment.add_noise(waveform)
         return waveform
 
     def length(self, data: bytes) -> int:
@@ -192,10 +170,55 @@ class AudioModality(Modality):
 
     # -- model side ------------------------------------------------------------------------
 
-    def bottom(self, d_model: int) -> nn.Module:
+    def bottom(self, d_model: int, *, freq_warp: float = 0.0) -> nn.Module:
+        """Log-mel features, normalised per utterance, subsampled x4 by two convolutions.
+        freq_warp: in training, each utterance's mel axis is stretched or squeezed by a
+        factor drawn from [1 - freq_warp, 1 + freq_warp] (vocal tract length perturbation,
+        Jaitly and Hinton 2013): other formant positions at the same speed, unlike
+        speed_perturb."""
+        if not 0.0 <= freq_warp < 0.5:
+            raise UserError(f"model.bottoms.audio.freq_warp must be in [0, 0.5), got "
+                            f"{freq_warp}")
         return AudioFeatures(self.sample_rate, self.n_fft, self.window, self.hop, self.num_mels,
-                             self.conv_channels, d_model, self.spec_augment,
-                             self.freq_warp)
+                             self.conv_channels, d_model, self.spec_augment, float(freq_warp))
+
+
+class AudioAugmentation:
+    """Random changes to a training utterance, before its features are computed.
+
+    speed_perturb: factors (e.g. [0.9, 1.0, 1.1]) one of which, drawn per utterance, changes
+    its speed and pitch together (Ko et al. 2015): new voices from few speakers. A factor's
+    rate (sample_rate x factor) should share a large divisor with sample_rate, or resampling
+    gets slow. Batches are planned on the stored lengths, so a slowed utterance can make a
+    batch up to 1/min(factors) times its max_tokens.
+    noise_snr_db: [low, high]: white noise is added to each utterance at a signal-to-noise
+    ratio drawn from that range (dB, against the utterance's own RMS): other recording
+    conditions, and silences that are never digitally silent.
+    """
+
+    def __init__(self, speed_perturb: Sequence[float] = (), noise_snr_db: Sequence[float] = ()):
+        if any(not 0.5 <= factor <= 2.0 for factor in speed_perturb):
+            raise UserError(f"data.augment.audio.speed_perturb factors must be between 0.5 "
+                            f"and 2, got {list(speed_perturb)}")
+        if noise_snr_db and (len(noise_snr_db) != 2 or noise_snr_db[0] > noise_snr_db[1]):
+            raise UserError(f"data.augment.audio.noise_snr_db must be [low, high] in dB (or "
+                            f"empty for no noise), got {list(noise_snr_db)}")
+        self.speed_perturb = [float(factor) for factor in speed_perturb]
+        self.noise_snr_db = [float(db) for db in noise_snr_db]
+
+    def played_rate(self, rate: int) -> int:
+        """The rate to read a recording at: faster (factor > 1) or slower, N / factor."""
+        if not self.speed_perturb:
+            return rate
+        return round(rate * self.speed_perturb[int(torch.randint(len(self.speed_perturb), ()))])
+
+    def add_noise(self, waveform: torch.Tensor) -> torch.Tensor:
+        if not self.noise_snr_db:
+            return waveform
+        low, high = self.noise_snr_db
+        snr_db = low + (high - low) * float(torch.rand(()))
+        rms = waveform.square().mean().sqrt()
+        return waveform + torch.randn_like(waveform) * rms * 10 ** (-snr_db / 20)
 
 
 def num_frames(samples: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:

@@ -76,9 +76,7 @@ class ImageModality(Modality):
     length_limited = False  # scaled to height x max_width on load
 
     def __init__(self, height: int = 32, max_width: int = 256, channels: int = 1,
-                 patch_size: int | Sequence[int] = 4, augment: bool = False,
-                 elastic: float = 0.0, thickness: float = 0.0, stem_channels: int = 0,
-                 stem_layers: int = 2):
+                 patch_size: int | Sequence[int] = 4, augment: bool = False):
         if channels not in (1, 3):
             raise UserError(f"ImageModality channels must be 1 (grayscale) or 3 (RGB), "
                             f"got {channels}")
@@ -89,33 +87,15 @@ class ImageModality(Modality):
             raise UserError(f"ImageModality: height {height} and max_width {max_width} must "
                             f"be multiples of the patch height {patch_height} and width "
                             f"{patch_width}")
-        if stem_channels and (patch_height % 2 or patch_width % 2):
-            raise UserError(f"ImageModality: a convolutional stem halves the image, so the "
-                            f"patch size ({patch_height}, {patch_width}) must be even")
-        if stem_channels and stem_layers < 2:
-            raise UserError(f"ImageModality: stem_layers must be at least 2 (one convolution "
-                            f"at full size, one that halves it), got {stem_layers}")
         self.height, self.max_width, self.channels = height, max_width, channels
-        # Width of a small convolutional stem before the patch embedding (a hybrid ViT,
-        # Dosovitskiy et al. 2021): 3x3 convolutions see strokes wherever they fall in a
-        # patch, which a linear patch embedding must learn position by position. 0: none.
-        # stem_layers: 2 (full size, then halving) or more, the rest at half size: each one
-        # widens what a patch embedding sees by 4 pixels of the original image.
-        self.stem_channels, self.stem_layers = stem_channels, stem_layers
+        # augment: whether training may move, warp and recolour these images (the problem
+        # knows; a chart's axes may not be mirrored); how much is the run's data.augment.image.
         self.patch_height, self.patch_width, self.augment = patch_height, patch_width, augment
-        # With augment: pixels of smooth random displacement (elastic distortion, Simard et al.
-        # 2003), which varies the strokes themselves where an affine map moves them rigidly.
-        self.elastic = elastic
-        # With augment: the chance that strokes get a pixel thicker or thinner (dilation or
-        # erosion, half each): pens and scans vary in line width, which no warp changes.
-        self.thickness = thickness
 
     @property
     def key(self) -> str:
-        stem = f":s{self.stem_channels}" if self.stem_channels else ""
-        stem += f"x{self.stem_layers}" if self.stem_channels and self.stem_layers != 2 else ""
         return (f"image:{self.channels}x{self.height}x{self.max_width}:"
-                f"p{self.patch_height}x{self.patch_width}{stem}")
+                f"p{self.patch_height}x{self.patch_width}")
 
     def describe(self) -> str:
         return f"image({'gray' if self.channels == 1 else 'rgb'} {self.height}px)"
@@ -132,7 +112,11 @@ class ImageModality(Modality):
         scale = min(self.height / height, self.max_width / width)
         return max(1, round(width * scale)), max(1, round(height * scale))
 
-    def load(self, data: bytes, augment: bool = False) -> torch.Tensor:
+    def augmentation(self, *, elastic: float = 0.0, thickness: float = 0.0
+                     ) -> ImageAugmentation | None:
+        return ImageAugmentation(elastic, thickness) if self.augment else None
+
+    def load(self, data: bytes, augment: ImageAugmentation | None = None) -> torch.Tensor:
         """(C, height, W) uint8 with W <= max_width."""
         from torchvision.io import ImageReadMode, decode_image
         from torchvision.transforms.v2 import functional as F
@@ -141,24 +125,11 @@ class ImageModality(Modality):
         image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode)
         width, height = self._scaled_size(image.shape[2], image.shape[1])
         image = F.resize(image, [height, width], antialias=True)
-        if augment and self.augment:
-            image = self._augmentation()(image)
-            if self.elastic:
-                image = elastic_warp(image, self.elastic)
-            if self.thickness and torch.rand(()) < self.thickness:
-                image = change_thickness(image, thicker=bool(torch.rand(()) < 0.5))
+        if augment is not None:
+            image = augment(image)
         if height < self.height:  # images wider than max_width: pad below
             image = F.pad(image, [0, 0, 0, self.height - height])
         return image
-
-    @staticmethod
-    def _augmentation():
-        from torchvision.transforms import v2
-
-        return v2.Compose([
-            v2.RandomAffine(degrees=3, translate=(0.03, 0.08), scale=(0.9, 1.05), shear=5),
-            v2.ColorJitter(brightness=0.3, contrast=0.3),
-        ])
 
     def length(self, data: bytes) -> int:
         from PIL import Image
@@ -184,11 +155,51 @@ class ImageModality(Modality):
 
     # -- model side ------------------------------------------------------------------------
 
-    def bottom(self, d_model: int) -> nn.Module:
+    def bottom(self, d_model: int, *, stem_channels: int = 0, stem_layers: int = 2
+               ) -> nn.Module:
+        """Patch embeddings, after a small convolutional stem of `stem_channels` channels
+        (a hybrid ViT, Dosovitskiy et al. 2021; 0: none): 3x3 convolutions see strokes
+        wherever they fall in a patch, which a linear patch embedding must learn position
+        by position. stem_layers: 2 (full size, then halving) or more, the rest at half
+        size: each one widens what a patch embedding sees by 4 pixels of the image."""
         patch = (self.patch_height, self.patch_width)
+        if stem_channels and (patch[0] % 2 or patch[1] % 2):
+            raise UserError(f"model.bottoms.image: a convolutional stem halves the image, so "
+                            f"the patch size {patch} must be even (or stem_channels=0)")
+        if stem_channels and stem_layers < 2:
+            raise UserError(f"model.bottoms.image: stem_layers must be at least 2 (one "
+                            f"convolution at full size, one that halves it), got {stem_layers}")
         return ImagePatches(self.channels, patch, d_model, rows=self.height // patch[0],
                             columns=self.max_width // patch[1],
-                            stem_channels=self.stem_channels, stem_layers=self.stem_layers)
+                            stem_channels=stem_channels, stem_layers=stem_layers)
+
+
+class ImageAugmentation:
+    """Random changes to a training image: a small affine map and new brightness and
+    contrast; `elastic`: pixels of smooth random displacement (elastic distortion, Simard et
+    al. 2003), which varies the strokes themselves where an affine map moves them rigidly;
+    `thickness`: the chance that strokes get a pixel thicker or thinner (dilation or erosion,
+    half each): pens and scans vary in line width, which no warp changes."""
+
+    def __init__(self, elastic: float = 0.0, thickness: float = 0.0):
+        from torchvision.transforms import v2
+
+        if elastic < 0 or not 0.0 <= thickness <= 1.0:
+            raise UserError(f"data.augment.image: elastic must be >= 0 pixels and thickness a "
+                            f"chance in [0, 1], got elastic={elastic}, thickness={thickness}")
+        self.elastic, self.thickness = elastic, thickness
+        self.affine = v2.Compose([
+            v2.RandomAffine(degrees=3, translate=(0.03, 0.08), scale=(0.9, 1.05), shear=5),
+            v2.ColorJitter(brightness=0.3, contrast=0.3),
+        ])
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        image = self.affine(image)
+        if self.elastic:
+            image = elastic_warp(image, self.elastic)
+        if self.thickness and torch.rand(()) < self.thickness:
+            image = change_thickness(image, thicker=bool(torch.rand(()) < 0.5))
+        return image
 
 
 def elastic_warp(image: torch.Tensor, pixels: float, cell: int = 8) -> torch.Tensor:

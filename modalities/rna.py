@@ -127,7 +127,7 @@ class StructureModality(Modality):
                          [j + 1 for j in partner]], dtype=np.int16)
         return rows.T.astype("<i2").tobytes()
 
-    def load(self, data: bytes, augment: bool = False) -> torch.Tensor:
+    def load(self, data: bytes, augment: None = None) -> torch.Tensor:
         """(L, 3) long: structure symbol id, constraint letter id, partner index + 1 (0: none)."""
         rows = np.frombuffer(data, dtype="<i2").reshape(-1, 3)
         return torch.from_numpy(rows.astype(np.int64))
@@ -212,7 +212,7 @@ class NucleotideModality(Modality):
             raise UserError(f"sequence position {bad + 1}: {raw[bad]!r} is not A, C, G, U or T")
         return np.array([BASE_IDS[b] for b in sequence], dtype=np.uint8).tobytes()
 
-    def load(self, data: bytes, augment: bool = False) -> torch.Tensor:
+    def load(self, data: bytes, augment: None = None) -> torch.Tensor:
         return torch.from_numpy(np.frombuffer(data, dtype=np.uint8).astype(np.int64))
 
     def length(self, data: bytes) -> int:

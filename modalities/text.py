@@ -165,7 +165,7 @@ class TextModality(Modality):
     def encode(self, raw: str) -> bytes:
         return np.asarray(self.encode_ids(raw), dtype="<i4").tobytes()
 
-    def load(self, data: bytes, augment: bool = False) -> torch.Tensor:
+    def load(self, data: bytes, augment: None = None) -> torch.Tensor:
         return torch.from_numpy(np.frombuffer(data, dtype="<i4").astype(np.int64))
 
     def length(self, data: bytes) -> int:

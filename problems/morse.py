@@ -72,13 +72,13 @@ class MorseCode(Problem):
     """Transcribe Morse code audio: letters and digits at varied speed, pitch and noise."""
 
     metrics = ("cer", "exact_match")
+    targets_in_input_order = True  # letters in the order keyed
 
     def __init__(self, *, min_chars: int = 1, max_chars: int = 6, min_wpm: float = 18.0,
                  max_wpm: float = 30.0, min_snr_db: float = 5.0, max_snr_db: float = 20.0,
                  sample_rate: int = 8000, train_size: int = 20_000, eval_size: int = 500,
-                 seed: int = 1, ctc_weight: float = 0.5):
+                 seed: int = 1):
         self.chars, self.wpm = (min_chars, max_chars), (min_wpm, max_wpm)
-        self.ctc_weight = ctc_weight  # letters in the order keyed: see Problem.ctc_weight
         self.snr_db, self.sample_rate, self.seed = (min_snr_db, max_snr_db), sample_rate, seed
         self.sizes = {"train": train_size, "validation": eval_size, "test": eval_size}
         self.inputs = AudioModality(sample_rate=sample_rate, num_mels=40)

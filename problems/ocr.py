@@ -59,11 +59,11 @@ class OcrRenderedText(Problem):
     """Read a rendered line of text: words, numbers, mixed case, with noise and rotation."""
 
     metrics = ("cer", "exact_match")
+    targets_in_input_order = True  # the text reads left to right
 
     def __init__(self, *, max_chars: int = 16, height: int = 32, train_size: int = 50_000,
-                 eval_size: int = 500, seed: int = 1, ctc_weight: float = 0.5):
+                 eval_size: int = 500, seed: int = 1):
         self.max_chars, self.height, self.seed = max_chars, height, seed
-        self.ctc_weight = ctc_weight  # the text reads left to right: see Problem.ctc_weight
         self.sizes = {"train": train_size, "validation": eval_size, "test": eval_size}
         # Full-height strips 8 pixels wide: the sequence reads along the line. Every one of
         # 500 validation lines has at least the frames CTC needs (labels plus a blank between

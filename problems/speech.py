@@ -42,6 +42,7 @@ class SpeechManifest(Problem):
     """Your own speech: JSONL manifests of audio_filepath and text (the NeMo convention)."""
 
     metrics = ("wer", "cer")
+    targets_in_input_order = True  # words in the order spoken
 
     def __init__(
         self,
@@ -58,7 +59,6 @@ class SpeechManifest(Problem):
         vocab_size: int = 1000,
         holdout_size: int = 500,
         seed: int = 1,
-        ctc_weight: float = 0.5,
     ):
         if manifest and train_manifest:
             raise UserError("speech_manifest: give problem.manifest or problem.train_manifest, "
@@ -67,7 +67,6 @@ class SpeechManifest(Problem):
                           "validation": validation_manifest, "test": test_manifest}
         self.keys = (audio_key, text_key)
         self.holdout_size, self.seed = holdout_size, seed
-        self.ctc_weight = ctc_weight  # words in the order spoken: see Problem.ctc_weight
         self.splits = ("train", "validation") + (("test",) if test_manifest else ())
         self.inputs = AudioModality(sample_rate=sample_rate, num_mels=num_mels)
         self.targets = TextModality(vocab=vocab, vocab_size=vocab_size)

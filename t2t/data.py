@@ -108,8 +108,7 @@ def fingerprint(problem: Problem, settings: dict[str, Any]) -> str:
     digest = hashlib.sha256()
     for path in _source_files(problem):
         digest.update(Path(path).read_bytes())
-    options = {k: v for k, v in problem.options.items() if k not in problem.training_options}
-    recipe = {"problem": problem.name, "options": options, "settings": settings,
+    recipe = {"problem": problem.name, "options": problem.options, "settings": settings,
               "version": t2t.__version__}
     digest.update(json.dumps(recipe, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:16]

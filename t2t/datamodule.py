@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from t2t.data import (
     split_shards,
 )
 from t2t.errors import UserError
+from t2t.modality import Modality, call_with_settings
 from t2t.problem import Problem
 from t2t.tokens import BOS, EOS, PAD
 
@@ -187,9 +188,10 @@ class PlannedBatches(IterableDataset):
     """Yields the batches of one rank's epoch plan, from shards, in plan order."""
 
     def __init__(self, problem: Problem, problem_dir: str | Path, split: str, problem_index: int,
-                 settings: PlanSettings, world: int = 1, rank: int = 0, augment: bool = False):
+                 settings: PlanSettings, world: int = 1, rank: int = 0,
+                 augment: dict[str, Any] | None = None):
         self.problem, self.problem_index, self.settings = problem, problem_index, settings
-        self.augment = augment
+        self.augment = augment or {}  # role -> what its modality's load augments with
         meta = read_meta(problem_dir)
         restore_vocabularies(problem, problem_dir, meta)
         self.shards = split_shards(problem_dir, split, meta)
@@ -262,7 +264,8 @@ class PlannedBatches(IterableDataset):
         for index, raw in zip(offsets, stream, strict=True):
             if index in needed:
                 yield index, {"key": raw["key"], "references": raw.get("references"),
-                              **{r: getattr(self.problem, r).load(raw[r], augment=self.augment)
+                              **{r: getattr(self.problem, r).load(raw[r],
+                                                                  augment=self.augment.get(r))
                                  for r in ROLES}}
 
     def _collate(self, samples: list[dict], weight: float) -> dict[str, Any]:
@@ -428,16 +431,29 @@ def padding_fraction(batch: dict[str, Any]) -> float:
 
 
 
+def augmentation(modality: Modality, augment: Mapping[str, Mapping[str, Any]]) -> Any:
+    """What the modality's `load` augments training values with, from the settings for its
+    kind (`data.augment.<kind>`)."""
+    return call_with_settings(modality.augmentation, augment.get(modality.kind, {}),
+                              f"data.augment.{modality.kind}")
+
+
 class T2TDataModule(L.LightningDataModule):
     """Training and validation batches of one problem's shards, or of a mixture of problems
-    (`rates`, `temperature`: see `mixture_weights`), for any number of ranks."""
+    (`rates`, `temperature`: see `mixture_weights`), for any number of ranks. `augment`:
+    modality kind -> its training augmentation settings (the `augmentation` method's
+    keyword arguments)."""
 
     def __init__(self, problems: list[Problem], problem_dirs: list[str | Path], *,
                  rates: Any = "examples", temperature: float = 1.0, max_tokens: int = 4096,
                  max_rows: int = 512, window: int = 4096, seed: int = 1, num_workers: int = 1,
-                 val_split: str = "validation", packed_length: int = 0):
+                 val_split: str = "validation", packed_length: int = 0,
+                 augment: Mapping[str, Mapping[str, Any]] | None = None):
         super().__init__()
         self.problems, self.problem_dirs = problems, problem_dirs
+        # Made (and checked) once, here, not in a loader's worker: role -> augmentation.
+        self.augmentations = [{role: augmentation(getattr(problem, role), augment or {})
+                               for role in ROLES} for problem in problems]
         self.rates, self.temperature = rates, temperature
         self.settings = PlanSettings(max_tokens=max_tokens, max_rows=max_rows, window=window,
                                      seed=seed, packed_length=packed_length)
@@ -456,7 +472,7 @@ class T2TDataModule(L.LightningDataModule):
         world, rank = self._ranks()
         return [PlannedBatches(problem, problem_dir, split, index,
                                self._member_settings(problem, settings), world, rank,
-                               augment=augment)
+                               augment=self.augmentations[index] if augment else None)
                 for index, (problem, problem_dir) in enumerate(zip(self.problems,
                                                                    self.problem_dirs,
                                                                    strict=True))]

@@ -59,6 +59,7 @@ class T2TLitModule(L.LightningModule):
         schedule: str = "inverse_sqrt",
         max_steps: int = 100_000,
         label_smoothing: float = 0.1,
+        ctc_weight: float = 0.5,
         val_decode_batches: int = 4,
         record_samples: str | None = None,
         beam_size: int = 1,
@@ -75,6 +76,8 @@ class T2TLitModule(L.LightningModule):
         self.optim = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
         self.schedule = dict(warmup_steps=warmup_steps, schedule=schedule, max_steps=max_steps)
         self.label_smoothing = label_smoothing
+        # Problems whose targets follow their inputs' order mix in an encoder CTC loss.
+        self.ctc_weights = [ctc_weight if p.targets_in_input_order else 0.0 for p in problems]
         self.val_decode_batches, self.beam_size = val_decode_batches, beam_size
         self.max_decode_length = max_decode_length
         self.checkpoint_info = checkpoint_info or {}
@@ -108,7 +111,8 @@ class T2TLitModule(L.LightningModule):
                                label_smoothing=label_smoothing)  # (N, V) against (N,)
         if ctc_weight:
             if packing:
-                raise UserError("ctc_weight needs unpacked batches: use data.packed_length=0")
+                raise UserError("optim.ctc_weight needs unpacked batches: use data.packed_length=0 "
+                                "(or optim.ctc_weight=0)")
             log_probs = self.model.encoder_logits(problem, memory).float().log_softmax(-1)
             ctc = F.ctc_loss(log_probs.transpose(0, 1), batch["targets"],
                              (~memory_pad).sum(dim=1), (batch["targets"] != PAD).sum(dim=1),
@@ -117,8 +121,7 @@ class T2TLitModule(L.LightningModule):
         return loss, rows.numel()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        ctc_weight = self.problems[batch["problem"]].ctc_weight
-        loss, tokens = self.loss(batch, self.label_smoothing, ctc_weight)
+        loss, tokens = self.loss(batch, self.label_smoothing, self.ctc_weights[batch["problem"]])
         if not torch.isfinite(loss):
             return self._nonfinite(loss, batch)
         # weight 0: a filler batch that only keeps DDP ranks in step (see t2t.datamodule).

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import inspect
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from t2t.errors import unknown_name
 
 
 class Modality:
@@ -51,9 +54,15 @@ class Modality:
         """Raw value -> the compact bytes stored in a shard."""
         raise NotImplementedError
 
-    def load(self, data: bytes, augment: bool = False) -> torch.Tensor:
-        """Stored bytes -> tensor; runs in data-loader workers. `augment` is True for training
-        batches: modalities with random augmentation apply it here."""
+    def augmentation(self) -> Any:
+        """What `load` needs to change training values at random, made once from the run's
+        `data.augment.<kind>` settings (keyword-only arguments a subclass declares); None:
+        no augmentation."""
+        return None
+
+    def load(self, data: bytes, augment: Any = None) -> torch.Tensor:
+        """Stored bytes -> tensor; runs in data-loader workers. `augment` is what
+        `augmentation` made, for training batches, or None."""
         raise NotImplementedError
 
     def length(self, data: bytes) -> int:
@@ -73,11 +82,25 @@ class Modality:
         mask = torch.arange(padded.shape[1])[None, :] >= lengths[:, None]
         return padded, mask
 
-    def bottom(self, d_model: int) -> nn.Module:
+    def bottom(self, d_model: int, **settings: Any) -> nn.Module:
         """Module mapping (batch, padding mask) to ((B, T, d_model) embeddings, (B, T) mask).
 
-        Runs on the device: feature extraction that is a tensor op belongs here."""
+        Runs on the device: feature extraction that is a tensor op belongs here. `settings`
+        are the model config's `bottoms.<kind>` (keyword arguments a subclass declares)."""
         raise NotImplementedError
+
+
+def call_with_settings(method: Callable[..., Any], settings: Mapping[str, Any], where: str
+                       ) -> Any:
+    """`method(**settings)` for a modality's `augmentation` or `bottom`, where a setting it
+    does not take is one error line with close matches, not a TypeError."""
+    known = [name for name, parameter in inspect.signature(method).parameters.items()
+             if parameter.kind is parameter.KEYWORD_ONLY]
+    for name in settings:
+        if name not in known:
+            raise unknown_name("setting", name, known,
+                               f"it takes: {', '.join(known) or 'none'}", where=f" in {where}")
+    return method(**settings)
 
     def top(self, d_model: int, bottom: nn.Module) -> nn.Module:
         """Module mapping (B, T, d_model) hidden states to (B, T, vocab) logits; it may share

@@ -16,12 +16,16 @@ pipeline), masks handed to SDPA are True where attention is allowed (like SDPA).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from t2t.modality import call_with_settings
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
 
@@ -38,8 +42,13 @@ class ModelConfig:
     max_positions: int = 4096  # longest sequence the position table covers (incl. extra token)
     norm_eps: float = 1e-6  # LayerNorm epsilon (tensor2tensor used 1e-6)
     activation: str = "gelu"  # feed-forward nonlinearity: "gelu" or "relu"
+    # Modality kind -> keyword arguments of its bottoms (an image stem, say): see each
+    # modality's `bottom`.
+    bottoms: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # Plain dicts (from Hydra's DictConfig too): a checkpoint stores them.
+        self.bottoms = {str(kind): dict(settings) for kind, settings in self.bottoms.items()}
         if self.d_model % self.num_heads:
             raise ValueError(
                 f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}"
@@ -510,9 +519,10 @@ class T2TModel(nn.Module):
     """The shared body with each problem's input bottom, target bottom and target top.
 
     `modalities[i]` is problem i's (inputs, targets) pair of modality objects (anything with
-    `key`, `bottom(d_model)` and `top(d_model, bottom)`). Modules are keyed by modality key:
-    problems, or the two sides of one problem, whose modalities have equal keys share weights
-    (a joint vocabulary ties input embedding, target embedding and softmax).
+    `key`, `kind`, `bottom(d_model, **config.bottoms[kind])` and `top(d_model, bottom)`).
+    Modules are keyed by modality key: problems, or the two sides of one problem, whose
+    modalities have equal keys share weights (a joint vocabulary ties input embedding,
+    target embedding and softmax).
 
     Position contract: the body owns the position signal. An input bottom whose class sets
     `takes_positions = True` is called as `bottom(inputs, pad_mask, positions)`, with
@@ -532,7 +542,10 @@ class T2TModel(nn.Module):
             for modality in (inputs, targets):
                 key = _module_key(modality.key)
                 if key not in self.bottoms:
-                    self.bottoms[key] = modality.bottom(config.d_model)
+                    settings = config.bottoms.get(modality.kind, {})
+                    self.bottoms[key] = call_with_settings(
+                        functools.partial(modality.bottom, config.d_model), settings,
+                        f"model.bottoms.{modality.kind}")
             target_key = _module_key(targets.key)
             if target_key not in self.tops:
                 self.tops[target_key] = targets.top(config.d_model, self.bottoms[target_key])

@@ -28,7 +28,7 @@ class Problem:
       - options as keyword-only `__init__` arguments with types and defaults
       - `generate_samples(split)`, yielding `{"inputs": raw, "targets": raw}`; it must be
         deterministic for a given split and options (datagen resumes by replaying it)
-    Optional: `ctc_weight`, and the methods of the decoding protocols
+    Optional: `targets_in_input_order`, and the methods of the decoding protocols
     below, each opt-in by defining its methods (no base class to inherit): `Verifier`
     (`verify`: decoding becomes a verifier-guided search), `ConstrainedDecoding`,
     `GuidedSearch` and `FormatsPredictions`. A problem's own metrics are registered with
@@ -41,11 +41,9 @@ class Problem:
     targets: Modality
     splits: ClassVar[tuple[str, ...]] = ("train", "validation", "test")
     metrics: ClassVar[tuple[str, ...]] = ()
-    # Share of a CTC loss on the encoder in training (see T2TLitModule.loss): for problems
-    # whose targets follow the order of the inputs; such problems take it as an option.
-    ctc_weight: float = 0.0
-    # Options that change training only, not the shards (left out of the data fingerprint).
-    training_options: ClassVar[tuple[str, ...]] = ("ctc_weight",)
+    # True where the targets follow the order of the inputs (reading a line, transcribing
+    # speech): training then adds a CTC loss on the encoder, `optim.ctc_weight` of the loss.
+    targets_in_input_order: ClassVar[bool] = False
 
     def __new__(cls, *args: Any, **options: Any) -> Problem:
         # Done here rather than in __init__ so that subclasses need not call super().__init__.

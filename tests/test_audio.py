@@ -87,39 +87,41 @@ def test_load_gives_the_waveform_and_length_counts_the_bottoms_frames():
 
 
 def test_speed_perturbation_only_in_training_changes_duration_by_a_listed_factor():
-    modality = AudioModality(sample_rate=8000, num_mels=40, speed_perturb=[0.9, 1.1])
+    modality = AudioModality(sample_rate=8000, num_mels=40)
+    augment = modality.augmentation(speed_perturb=[0.9, 1.1])
     encoded = modality.encode((tone(1.0, 8000, pitch=500), 8000))
     assert all(len(modality.load(encoded)) == 8000 for _ in range(5))  # evaluation: as stored
     torch.manual_seed(0)
-    lengths = {len(modality.load(encoded, augment=True)) for _ in range(20)}
+    lengths = {len(modality.load(encoded, augment=augment)) for _ in range(20)}
     assert lengths == {round(8000 / 0.9), round(8000 / 1.1)}
-    slow = modality.load(encoded, augment=True)
+    slow = modality.load(encoded, augment=augment)
     while len(slow) < 8000:
-        slow = modality.load(encoded, augment=True)
+        slow = modality.load(encoded, augment=augment)
     spectrum = np.abs(np.fft.rfft(slow.numpy()))  # slower is lower: 500 Hz -> 450 Hz
     assert abs(np.argmax(spectrum) * 8000 / len(slow) - 450) < 5
-    assert len(AudioModality(sample_rate=8000).load(encoded, augment=True)) == 8000  # none
+    assert len(modality.load(encoded, augment=modality.augmentation())) == 8000  # none
 
 
 def test_noise_is_added_only_in_training_at_an_snr_from_the_range():
-    modality = AudioModality(sample_rate=8000, num_mels=40, noise_snr_db=[10, 20])
+    modality = AudioModality(sample_rate=8000, num_mels=40)
+    augment = modality.augmentation(noise_snr_db=[10, 20])
     clean = tone(1.0, 8000, pitch=500)
     encoded = modality.encode((clean, 8000))
     stored = modality.load(encoded)
     assert torch.equal(modality.load(encoded), stored)  # evaluation: as stored
     torch.manual_seed(0)
     signal = stored.square().mean()
-    snrs = [10 * math.log10(signal / (modality.load(encoded, augment=True) - stored)
+    snrs = [10 * math.log10(signal / (modality.load(encoded, augment=augment) - stored)
                             .square().mean()) for _ in range(20)]
     assert all(9.5 < snr < 20.5 for snr in snrs), snrs
     assert max(snrs) - min(snrs) > 3  # drawn per utterance, not fixed
-    with pytest.raises(UserError, match="noise_snr_db"):
-        AudioModality(noise_snr_db=[20, 10])
+    with pytest.raises(UserError, match="data.augment.audio.noise_snr_db"):
+        modality.augmentation(noise_snr_db=[20, 10])
 
 
 def test_speed_perturbation_factors_are_checked():
-    with pytest.raises(UserError, match="speed_perturb"):
-        AudioModality(speed_perturb=[0.9, 3.0])
+    with pytest.raises(UserError, match="data.augment.audio.speed_perturb"):
+        AudioModality().augmentation(speed_perturb=[0.9, 3.0])
 
 
 # -- AudioModality: the bottom --------------------------------------------------------------------
@@ -170,12 +172,12 @@ def test_frequency_warp_moves_a_formant_by_at_most_the_warp_and_only_in_training
     assert centre.std() > 0.5  # every utterance its own factor
     assert torch.allclose(centre[:, 0], centre[:, 4])  # the same factor in all its frames
     wave = torch.from_numpy(np.random.default_rng(2).standard_normal(8000).astype(np.float32))
-    modality = AudioModality(sample_rate=8000, num_mels=40, spec_augment=False, freq_warp=0.1)
-    bottom, batch = modality.bottom(32), modality.collate([wave])
+    modality = AudioModality(sample_rate=8000, num_mels=40, spec_augment=False)
+    bottom, batch = modality.bottom(32, freq_warp=0.1), modality.collate([wave])
     assert torch.equal(bottom.eval()(*batch)[0], bottom(*batch)[0])
     assert not torch.equal(bottom.train()(*batch)[0], bottom.eval()(*batch)[0])
-    with pytest.raises(UserError, match="freq_warp"):
-        AudioModality(freq_warp=0.7)
+    with pytest.raises(UserError, match="model.bottoms.audio.freq_warp"):
+        modality.bottom(32, freq_warp=0.7)
 
 
 def test_modality_key_names_what_shapes_the_weights():

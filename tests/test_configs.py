@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from dataclasses import asdict
 
 import hydra
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from t2t.cli.common import CONFIG_DIR, register_problem_configs
 from t2t.model import PRESETS, ModelConfig
@@ -30,7 +33,31 @@ def test_experiment_composes(experiment):
 def test_model_yaml_matches_preset(name):
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         config = compose("train", overrides=[f"model={name}"])
-    assert asdict(hydra.utils.instantiate(config.model)) == asdict(PRESETS[name])
+    model = hydra.utils.instantiate(config.model)
+    assert asdict(model) == asdict(dataclasses.replace(PRESETS[name], bottoms=model.bottoms))
+
+
+def test_model_yaml_lists_each_bottoms_settings_with_its_defaults():
+    from modalities import AudioModality, ImageModality
+
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        bottoms = hydra.utils.instantiate(compose("train").model).bottoms
+    for kind, modality in (("image", ImageModality), ("audio", AudioModality)):
+        parameters = inspect.signature(modality.bottom).parameters.values()
+        assert bottoms[kind] == {p.name: p.default for p in parameters
+                                 if p.kind is p.KEYWORD_ONLY}
+
+
+def test_data_yaml_lists_each_augmentations_settings_with_its_defaults():
+    from modalities import AudioModality, ImageModality
+
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        augment = compose("train").data.augment
+    for kind, modality in (("image", ImageModality), ("audio", AudioModality)):
+        parameters = inspect.signature(modality.augmentation).parameters.values()
+        settings = OmegaConf.to_container(augment[kind])
+        assert {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()} == {
+            p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY}
 
 
 @pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp", "fsdp"])

@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 
 from problems.ocr import OcrRenderedText
-from t2t import data
 from t2t.lit_module import T2TLitModule
 from t2t.model import PRESETS, T2TModel
 
@@ -54,9 +53,11 @@ def test_ctc_weight_mixes_the_two_losses():
     assert torch.allclose(mixed, 0.75 * attention + 0.25 * ctc, atol=1e-5)
 
 
-def test_ctc_weight_is_a_training_option_that_keeps_the_shards():
-    settings = {"max_length": None}
-    assert (data.fingerprint(OcrRenderedText(ctc_weight=0.0), settings)
-            == data.fingerprint(OcrRenderedText(ctc_weight=0.5), settings))
-    assert (data.fingerprint(OcrRenderedText(seed=2), settings)
-            != data.fingerprint(OcrRenderedText(seed=1), settings))
+def test_ctc_weight_is_training_config_for_the_problems_read_in_input_order():
+    from problems.algorithmic import AlgorithmicReverse
+
+    ocr, reverse = OcrRenderedText(), AlgorithmicReverse()
+    model = T2TModel(PRESETS["tiny"], [(p.inputs, p.targets) for p in (ocr, reverse)])
+    assert T2TLitModule(model, [ocr, reverse], ctc_weight=0.3).ctc_weights == [0.3, 0.0]
+    assert T2TLitModule(model, [ocr, reverse], ctc_weight=0.0).ctc_weights == [0.0, 0.0]
+    assert "ctc_weight" not in OcrRenderedText.option_specs()  # the shards do not depend on it

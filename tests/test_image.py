@@ -4,6 +4,7 @@ t2t-train / t2t-decode end to end on an image problem."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -209,12 +210,11 @@ def test_collate_masks_exactly_the_padding_columns_in_reading_order():
 
 @pytest.mark.parametrize("stem_channels, stem_layers", [(0, 2), (8, 2), (8, 4)])
 def test_bottom_embeds_patches_and_keeps_the_mask(stem_channels, stem_layers):
-    modality = ImageModality(**{**MODALITY, "channels": 3, "stem_channels": stem_channels,
-                                "stem_layers": stem_layers})
+    modality = ImageModality(**{**MODALITY, "channels": 3})
     images = [modality.load(modality.encode(noise(16, w, channels=3, seed=w)))
               for w in (40, 12)]
     batch, mask = modality.collate(images)
-    bottom = modality.bottom(d_model=24)
+    bottom = modality.bottom(d_model=24, stem_channels=stem_channels, stem_layers=stem_layers)
     embeddings, out_mask = bottom(batch, mask)
     assert embeddings.shape == (2, 4 * 10, 24) and embeddings.dtype == torch.float32
     assert torch.equal(out_mask, mask)
@@ -226,21 +226,28 @@ def test_bottom_embeds_patches_and_keeps_the_mask(stem_channels, stem_layers):
     assert torch.allclose(together, alone[0].view(3, 4, 24), atol=1e-5)
 
 
-def test_a_convolutional_stem_is_in_the_key_and_needs_an_even_patch():
-    assert ImageModality(**MODALITY, stem_channels=8).key != ImageModality(**MODALITY).key
-    assert sum(p.numel() for p in ImageModality(**MODALITY, stem_channels=8).bottom(24)
-               .parameters()) > sum(p.numel() for p in ImageModality(**MODALITY).bottom(24)
-                                    .parameters())
+def image_bottom(modality: ImageModality, **settings) -> torch.nn.Module:
+    """The image bottom a model built with model.bottoms.image=settings has."""
+    from modalities.text import TextModality
+    from t2t.model import PRESETS, T2TModel
+
+    config = dataclasses.replace(PRESETS["tiny"], bottoms={"image": settings})
+    model = T2TModel(config, [(modality, TextModality(vocab="char", alphabet="ab"))])
+    return model.bottoms[modality.key.replace(".", "_")]
+
+
+def test_a_convolutional_stem_is_model_config_and_needs_an_even_patch_and_two_layers():
+    modality = ImageModality(**MODALITY)
+    plain, stem = image_bottom(modality), image_bottom(modality, stem_channels=8)
+    assert sum(p.numel() for p in stem.parameters()) > sum(p.numel() for p in plain.parameters())
+    assert len(image_bottom(modality, stem_channels=8, stem_layers=4).stem) == 4
     with pytest.raises(UserError, match="even"):
-        ImageModality(height=15, max_width=30, patch_size=(15, 6), stem_channels=8)
-
-
-def test_a_deeper_stem_is_in_the_key_and_has_at_least_two_layers():
-    two, four = (ImageModality(**MODALITY, stem_channels=8, stem_layers=n) for n in (2, 4))
-    assert two.key == ImageModality(**MODALITY, stem_channels=8).key != four.key
-    assert len(four.bottom(24).stem) == 4
+        image_bottom(ImageModality(height=15, max_width=30, patch_size=(15, 6)), stem_channels=8)
     with pytest.raises(UserError, match="stem_layers must be at least 2"):
-        ImageModality(**MODALITY, stem_channels=8, stem_layers=1)
+        image_bottom(modality, stem_channels=8, stem_layers=1)
+    with pytest.raises(UserError, match=r"setting 'stem_channel' in model.bottoms.image; "
+                                        r"did you mean stem_channels"):
+        image_bottom(modality, stem_channel=8)
 
 
 @pytest.mark.parametrize("ink", [255, 0])
@@ -256,18 +263,30 @@ def test_thickness_adds_or_removes_a_pixel_of_stroke_either_polarity(ink):
 
 @pytest.mark.parametrize("modality_augment, load_augment", [(True, True), (True, False),
                                                             (False, True), (False, False)])
-def test_augment_needs_both_the_modality_and_the_load_flag(modality_augment, load_augment):
+def test_augment_needs_both_the_modality_and_a_training_load(modality_augment, load_augment):
     modality = ImageModality(**{**MODALITY, "augment": modality_augment})
+    augment = modality.augmentation(elastic=1.0, thickness=0.5) if load_augment else None
     stored = modality.encode(noise(16, 48))
     plain = modality.load(stored)
     torch.manual_seed(0)
-    changed = [not torch.equal(modality.load(stored, augment=load_augment), plain)
-               for _ in range(3)]
+    changed = [not torch.equal(modality.load(stored, augment=augment), plain) for _ in range(3)]
     if modality_augment and load_augment:
         assert all(changed)
     else:
         assert not any(changed)
-    assert modality.load(stored, augment=load_augment).shape == plain.shape
+    assert modality.load(stored, augment=augment).shape == plain.shape
+
+
+def test_augmentation_settings_are_checked_once_with_one_line_each():
+    from t2t.datamodule import augmentation
+
+    modality = ImageModality(**{**MODALITY, "augment": True})
+    with pytest.raises(UserError, match="thickness a chance in"):
+        augmentation(modality, {"image": {"thickness": 2.0}})
+    with pytest.raises(UserError, match=r"setting 'elastik' in data.augment.image; "
+                                        r"did you mean elastic"):
+        augmentation(modality, {"image": {"elastik": 2.0}})
+    assert augmentation(modality, {"audio": {"speed_perturb": [0.9]}}).elastic == 0.0
 
 
 def test_elastic_warp_bends_strokes_but_keeps_the_ink_and_the_background():
@@ -558,21 +577,6 @@ def mnist_dir() -> Path:
     return MNIST_DIR
 
 
-def test_a_checkpoint_records_the_stem_it_trained_not_the_one_that_wrote_the_shards(
-        tmp_path, mnist_dir):
-    from t2t.cli.train import checkpoint_info
-    from t2t.inference import _rebuild_problem
-    from t2t.model import ModelConfig
-
-    small = {"raw_dir": str(mnist_dir), "train_size": 20, "eval_size": 5}
-    deep, plain = MnistDigitStrings(**small, stem_layers=3), MnistDigitStrings(**small)
-    problem_dir = generate(deep, tmp_path)
-    assert generate(plain, tmp_path) == problem_dir  # a training option: the same shards
-    spec = checkpoint_info([plain], [problem_dir], ModelConfig())["problems"][0]
-    assert spec["keys"]["inputs"] == plain.inputs.key != deep.inputs.key
-    assert _rebuild_problem(spec).inputs.key == plain.inputs.key  # what t2t-eval does
-
-
 def digest(image: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
 
@@ -768,7 +772,8 @@ def test_train_then_decode_one_image(tmp_path, mnist_dir):
     run_dir = tmp_path / "run"
     result = run_command(
         "t2t-train", "problem=mnist_digit_strings", f"problem.raw_dir={mnist_dir}",
-        "problem.train_size=200", "problem.eval_size=20", "problem.stem_layers=3",
+        "problem.train_size=200", "problem.eval_size=20",
+        "model.bottoms.image.stem_channels=8", "model.bottoms.image.stem_layers=3",
         "model=tiny", "trainer.max_steps=5",
         "trainer.val_check_interval=5", "trainer.enable_progress_bar=false",
         "data.num_workers=0", "data.max_tokens=8192", f"data_dir={tmp_path / 'data'}",
@@ -788,8 +793,8 @@ def test_train_then_decode_one_image(tmp_path, mnist_dir):
     assert len(lines) == 1, decoded_run.stdout[-2000:]  # one image in, one prediction out
     assert set(lines[0]) <= set("0123456789")
 
-    # A training option (the deeper stem) comes with the checkpoint: eval needs only the
-    # options that made the shards.
+    # The model's settings (the stem) come with the checkpoint: decode and eval, above and
+    # here, rebuild the model from it (a model without the stem would not load its weights).
     evaluated = run_command("t2t-eval", "problem=mnist_digit_strings",
                             f"problem.raw_dir={mnist_dir}",
                             "problem.train_size=200", "problem.eval_size=20", f"ckpt={checkpoint}",

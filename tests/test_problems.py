@@ -101,7 +101,7 @@ def test_problem_round_trips_through_a_shard(name, tmp_path):
     split = "train" if "train" in problem.splits else problem.splits[0]
     batch = next(iter(PlannedBatches(problem, problem_dir, split, 0, PlanSettings())))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    loss, tokens = module.loss(batch, label_smoothing=0.1, ctc_weight=problem.ctc_weight)
+    loss, tokens = module.loss(batch, label_smoothing=0.1, ctc_weight=module.ctc_weights[0])
     loss.backward()
     optimizer.step()
     assert torch.isfinite(loss) and tokens > 0

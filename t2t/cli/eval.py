@@ -35,14 +35,9 @@ def evaluate(config: Any) -> None:
     # checkpoint's vocabulary (checked below).
     shards_problem = build_problem(config.problem)
     index = select_problem(problems, shards_problem.name, config.ckpt, shards_problem)
-    problem = problems[index]
-    if problem.name == shards_problem.name:
-        # Training options (an image stem, a CTC weight) leave the shards as they are but
-        # may shape the model: they come from the checkpoint, not the command line.
-        kept = {k: problem.options[k] for k in problem.training_options if k in problem.options}
-        shards_problem = type(problem)(**{**shards_problem.options, **kept})
-    else:  # a benchmark problem the checkpoint's problem stands in for (select_problem)
-        problem = shards_problem
+    # A benchmark problem the checkpoint's problem stands in for (select_problem) is
+    # scored by its own metrics.
+    problem = problems[index] if problems[index].name == shards_problem.name else shards_problem
     # Prepare (a local data_dir may still lack the split's shards), then set up.
     prepare(shards_problem, config.data_dir, **config.datagen)
     problem_dir = open_shards(shards_problem, config.data_dir, config.datagen)

@@ -20,8 +20,8 @@ def checkpoint_info(problems: list[Any], problem_dirs: list[str | Path], model_c
         meta = read_meta(problem_dir)
         vocab = {role: {"file": m["vocab"], "data": read_bytes(join(problem_dir, m["vocab"]))}
                  for role, m in meta["modalities"].items() if m.get("vocab")}
-        # The keys of the modalities the model is built from: the shards' meta.json may have
-        # been written by a run with other training options (a deeper image stem).
+        # The modalities' keys name the model's modules: loading checks that the problem's
+        # code rebuilds the same ones.
         specs.append({"name": problem.name, "options": problem.options, "vocab": vocab,
                       "keys": {r: getattr(problem, r).key for r in meta["modalities"]}})
     return {"problems": specs, "model": dataclasses.asdict(model_config)}
