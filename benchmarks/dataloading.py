@@ -99,7 +99,7 @@ def main() -> None:
         problem = get_problem_class(name)(**options)
         generate(problem, args.data_dir, max_samples=max_samples, progress=False, workers=2)
         problem_dir = open_shards(problem, args.data_dir, {"max_samples": max_samples})
-        config = OmegaConf.load(ROOT / "t2t" / "configs" / "experiment" / f"{experiment}.yaml")
+        config = OmegaConf.load(ROOT / "problems" / "configs" / "experiment" / f"{experiment}.yaml")
         max_tokens = int(config.data.max_tokens)
         # The experiment's augmentation and bottoms (an image stem), over the defaults.
         augment = OmegaConf.to_container(config.data.get("augment", {}))

@@ -26,7 +26,6 @@ from torch import nn
 
 from t2t.errors import UserError
 from t2t.modality import Modality
-from t2t.registry import register_modality
 
 
 def read_audio(raw: Any, default_rate: int) -> tuple[np.ndarray, int]:
@@ -84,7 +83,6 @@ def resample(waveform: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
     return torchaudio.functional.resample(torch.from_numpy(waveform), rate, target_rate).numpy()
 
 
-@register_modality("audio")
 class AudioModality(Modality):
     """Speech and other audio (inputs only), as log-mel frames subsampled x4.
 

@@ -24,7 +24,6 @@ from torch import nn
 
 from t2t.errors import UserError
 from t2t.modality import Modality
-from t2t.registry import register_modality
 
 
 def _pil_image(raw: Any):
@@ -67,7 +66,6 @@ def _eight_bit(image):
     return Image.fromarray(np.round(array).clip(0, 255).astype(np.uint8))
 
 
-@register_modality("image")
 class ImageModality(Modality):
     """Images (inputs only): height x (up to) max_width pixels, cut into patch_size patches."""
 

@@ -24,7 +24,6 @@ from torch import nn
 from modalities.text import TextEmbedding, TiedSoftmax
 from t2t.errors import UserError
 from t2t.modality import Modality
-from t2t.registry import register_modality
 from t2t.tokens import EOS, NUM_RESERVED, PAD
 
 STRUCTURE = "(.)"
@@ -100,7 +99,6 @@ def pairable(left: str, right: str) -> bool:
     return any(b in PAIRS[a] for a in left for b in right)
 
 
-@register_modality("rna_structure")
 class StructureModality(Modality):
     """The structures to design for (a problem's inputs): dot-bracket, with optional sequence
     constraints."""
@@ -186,7 +184,6 @@ class StructureEmbedding(nn.Module):
         return n + offset.sign() * bucket
 
 
-@register_modality("rna_sequence")
 class NucleotideModality(Modality):
     """RNA sequences over A, C, G, U (targets); ids A=4, C=5, G=6, U=7 after the reserved."""
 

@@ -27,7 +27,6 @@ from torch import nn
 from t2t.errors import UserError
 from t2t.files import write_atomic
 from t2t.modality import Modality
-from t2t.registry import register_modality
 from t2t.tokens import BOS, EOS, NUM_RESERVED, PAD, UNK
 
 
@@ -35,7 +34,6 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:12]
 
 
-@register_modality("text")
 class TextModality(Modality):
     """Text targets or inputs.
 

@@ -10,7 +10,7 @@ from t2t.problem import (
     Problem,
     Verifier,
 )
-from t2t.registry import register_modality, register_problem
+from t2t.registry import register_problem
 
 __version__ = "0.1.0"
 
@@ -23,6 +23,5 @@ __all__ = [
     "UserError",
     "Verifier",
     "register_metric",
-    "register_modality",
     "register_problem",
 ]

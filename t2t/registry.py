@@ -1,4 +1,4 @@
-"""Name -> class registries for problems and modalities, and discovery of user code."""
+"""The problem registry (name -> class), and discovery of user code that adds to it."""
 
 from __future__ import annotations
 
@@ -84,10 +84,8 @@ def snake_case(name: str) -> str:
 
 
 problems = Registry("problem", "t2t-problems")
-modalities = Registry("modality", "t2t-problems")
 
 register_problem: Callable[..., Any] = problems.register
-register_modality: Callable[..., Any] = modalities.register
 
 
 def get_problem_class(name: str) -> type:

@@ -15,9 +15,11 @@ from t2t.cli.common import CONFIG_DIR, register_problem_configs
 from t2t.model import PRESETS, ModelConfig
 from t2t.registry import discover
 
+from .conftest import REPO
+
 discover()
 register_problem_configs()
-EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (REPO / "problems" / "configs" / "experiment").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -83,5 +85,5 @@ def test_an_experiment_sets_top_level_keys_and_the_command_line_still_wins():
         overridden = compose("train", overrides=["experiment=mnist_digit_strings",
                                                  "ema_decay=null"])
     assert plain.ema_decay is None
-    assert experiment.ema_decay == 0.998  # t2t/configs/experiment/mnist_digit_strings.yaml
+    assert experiment.ema_decay == 0.998  # problems/configs/experiment/mnist_digit_strings.yaml
     assert overridden.ema_decay is None

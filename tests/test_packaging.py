@@ -57,7 +57,8 @@ def wheel(tmp_path_factory) -> Path:
 def package_files() -> set[str]:
     """What the wheel must hold: every module of the packages and every file of the configs."""
     files = {p for package in PACKAGES for p in (REPO / package).rglob("*.py")}
-    files |= {p for p in (REPO / "t2t" / "configs").rglob("*") if p.is_file()}
+    files |= {p for folder in ("t2t", "problems") for p in (REPO / folder / "configs").rglob("*")
+              if p.is_file()}
     return {p.relative_to(REPO).as_posix() for p in files if "__pycache__" not in p.parts}
 
 
@@ -66,9 +67,9 @@ def test_wheel_holds_modules_configs_and_commands(wheel):
         names = set(archive.namelist())
         (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
         scripts = archive.read(entry_points).decode()
-    configs = {n for n in names if n.startswith("t2t/configs/") and n.endswith(".yaml")}
+    configs = {n for n in names if "/configs/" in n and n.endswith(".yaml")}
     assert {"t2t/configs/train.yaml", "t2t/configs/trainer/cpu.yaml",
-            "t2t/configs/experiment/quickstart.yaml"} <= configs
+            "problems/configs/experiment/quickstart.yaml"} <= configs
     missing = sorted(package_files() - names)
     assert not missing, f"not in the wheel (pyproject.toml's package data?): {missing}"
     assert not [n for n in names if n.startswith(("tests/", "benchmarks/"))]

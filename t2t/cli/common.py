@@ -1,8 +1,10 @@
 """What every command shares: discovery, problem configs for Hydra, override checks, errors.
 
-Hydra composes `t2t/configs/<command>.yaml`; every registered problem is stored in Hydra's
-ConfigStore as `problem/<name>` with its options as fields (as fairseq does for tasks), so
-`problem=<name> problem.<option>=...` works without YAML and unknown options fail.
+Hydra composes `t2t/configs/<command>.yaml`, with the built-in problems' experiment/ and
+problem/ configs from `problems/configs/` on its search path. Every registered problem is
+stored in Hydra's ConfigStore as `problem/<name>` with its options as fields (as fairseq does
+for tasks), so `problem=<name> problem.<option>=...` works without YAML and unknown options
+fail.
 Before Hydra runs, `check_overrides` turns the usual mistakes into one line with close
 matches instead of a Hydra stack trace.
 """
@@ -189,6 +191,15 @@ def split_overrides(argv: list[str]) -> list[str]:
     return overrides
 
 
+def problem_config_groups() -> set[str]:
+    """The config groups the built-in problems add (problems/configs/, on every command's
+    Hydra search path): not in t2t/configs/, which names no problem but a default."""
+    from importlib.resources import files
+
+    return {entry.name for entry in files("problems.configs").iterdir()
+            if entry.is_dir() and entry.name != "__pycache__"}
+
+
 def check_overrides(command: str, config_name: str, argv: list[str]) -> None:
     """Fail with one clear line on an unknown group choice, key or a badly typed value."""
     from hydra import compose, initialize_config_dir
@@ -201,7 +212,7 @@ def check_overrides(command: str, config_name: str, argv: list[str]) -> None:
         from hydra.core.global_hydra import GlobalHydra
 
         loader = GlobalHydra.instance().config_loader()
-        groups = set(loader.list_groups(""))
+        groups = set(loader.list_groups("")) | problem_config_groups()
         group_overrides, value_keys = [], []
         for override in overrides:
             if "=" not in override:
@@ -212,7 +223,8 @@ def check_overrides(command: str, config_name: str, argv: list[str]) -> None:
                 continue
             if key in groups:
                 choice = override.split("=", 1)[1]
-                options = loader.get_group_options(key)
+                # The command's config names its search path (the problems' configs too).
+                options = loader.get_group_options(key, config_name=config_name)
                 if choice not in options:
                     if key == "problem":
                         problems.get(choice)  # raises with close matches among the problems
