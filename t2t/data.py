@@ -19,6 +19,7 @@ this process's own, then restores the problem's vocabularies from it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 import io
@@ -38,15 +39,26 @@ from t2t.problem import Problem
 
 ROLES = ("inputs", "targets")
 
-# The datagen settings the shards depend on, with their defaults; the others (workers,
-# progress, chunk_size, ...) say only how the work is done, not what it makes.
-SHARD_SETTINGS = {"samples_per_shard": 10_000, "max_length": 256, "compress": True,
-                  "max_samples": None, "on_bad_example": "error"}
+@dataclasses.dataclass(frozen=True)
+class ShardSettings:
+    """The datagen settings the shards depend on (their fingerprint covers them); datagen's
+    others (workers, progress, chunk_size, num_tasks, task_id) say how the work is done."""
 
+    samples_per_shard: int = 10_000  # all shards of a split but the last hold this many
+    max_length: int | None = 256  # longer examples (tokens, per side) are dropped
+    compress: bool = True  # .tar.gz, else .tar
+    max_samples: int | None = None  # only the first samples of each split
+    on_bad_example: str = "error"  # or "skip" (and count) an unreadable example
 
-def shard_settings(datagen_options: Mapping[str, Any]) -> dict[str, Any]:
-    """The fingerprinted part of datagen's options (defaults where not given)."""
-    return {key: datagen_options.get(key, default) for key, default in SHARD_SETTINGS.items()}
+    def __post_init__(self) -> None:
+        if self.on_bad_example not in ("error", "skip"):
+            raise UserError(f"datagen.on_bad_example={self.on_bad_example!r}: use error or skip")
+
+    @classmethod
+    def of(cls, datagen_options: Mapping[str, Any]) -> ShardSettings:
+        """These settings among all of datagen's options (defaults where not given)."""
+        return cls(**{field.name: datagen_options[field.name]
+                      for field in dataclasses.fields(cls) if field.name in datagen_options})
 
 
 # -- where shards live: a local folder or a URL -----------------------------------------------
@@ -100,7 +112,7 @@ def _source_files(problem: Problem) -> list[str]:
     return sorted(f for f in files if f)
 
 
-def fingerprint(problem: Problem, settings: dict[str, Any]) -> str:
+def fingerprint(problem: Problem, settings: ShardSettings) -> str:
     """Hash of what determines the shards: the problem's and modalities' source, the
     problem options, the datagen settings and the t2t version."""
     import t2t
@@ -108,7 +120,8 @@ def fingerprint(problem: Problem, settings: dict[str, Any]) -> str:
     digest = hashlib.sha256()
     for path in _source_files(problem):
         digest.update(Path(path).read_bytes())
-    recipe = {"problem": problem.name, "options": problem.options, "settings": settings,
+    recipe = {"problem": problem.name, "options": problem.options,
+              "settings": dataclasses.asdict(settings),
               "version": t2t.__version__}
     digest.update(json.dumps(recipe, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:16]
@@ -162,7 +175,7 @@ def open_shards(problem: Problem, data_dir: str | Path, datagen_options: Mapping
     write it: a stale meta.json does not count), with the problem's vocabularies restored
     from them. One clear error when they do not come."""
     location = join(data_dir, problem.name)
-    expected = fingerprint(problem, shard_settings(datagen_options))
+    expected = fingerprint(problem, ShardSettings.of(datagen_options))
     deadline, told = time.monotonic() + wait_s, False
     while True:
         meta = _meta_if_present(location)

@@ -56,6 +56,7 @@ import webdataset as wds
 
 from t2t.data import (
     ROLES,
+    ShardSettings,
     fingerprint,
     is_url,
     read_meta,
@@ -110,12 +111,10 @@ def generate(
         raise UserError(f"datagen writes to a local data_dir, not {data_dir}: write the shards "
                         f"locally and copy data_dir/{problem.name}/ there")
     problem = copy.deepcopy(problem)
-    if on_bad_example not in ("error", "skip"):
-        raise UserError(f"datagen.on_bad_example={on_bad_example!r}: use error or skip")
+    settings = ShardSettings(samples_per_shard=samples_per_shard, max_length=max_length,
+                             compress=compress, max_samples=max_samples,
+                             on_bad_example=on_bad_example)
     task = _check_task(num_tasks, task_id)
-    settings = {"samples_per_shard": samples_per_shard, "max_length": max_length,
-                "compress": compress, "max_samples": max_samples,
-                "on_bad_example": on_bad_example}
     fp = fingerprint(problem, settings)
     job = _Job(problem=problem, problem_dir=Path(data_dir) / problem.name, settings=settings,
                fingerprint=fp, recipe=f"{fp} chunk_size={chunk_size}", chunk_size=chunk_size,
@@ -148,7 +147,7 @@ class _Job:
 
     problem: Problem
     problem_dir: Path
-    settings: dict[str, Any]  # the fingerprinted ones
+    settings: ShardSettings
     fingerprint: str
     recipe: str  # what work chunks are valid for: the fingerprint and the chunk size
     chunk_size: int
@@ -230,7 +229,7 @@ def _generate(job: _Job) -> None:
     _remove_stale(job)
     work = _scratch(job.work, job.recipe)
     vocab_files = _fit_vocabularies(job.problem, job.problem_dir, work,
-                                    job.settings["max_samples"], job.print_fn)
+                                    job.settings.max_samples, job.print_fn)
     meta = _meta_header(job, vocab_files)
     with _encoding(job) as pool:
         for split in job.problem.splits:
@@ -245,7 +244,7 @@ def _vocab_step(job: _Job) -> None:
         return
     _remove_stale(job)
     work = _scratch(job.work, job.recipe)
-    files = _fit_vocabularies(job.problem, job.problem_dir, work, job.settings["max_samples"],
+    files = _fit_vocabularies(job.problem, job.problem_dir, work, job.settings.max_samples,
                               job.print_fn)
     learned = ", ".join(sorted(set(files.values()))) or "none to learn"
     job.print_fn(f"{job.name}: vocabularies ready ({learned}); now run the slices, "
@@ -420,7 +419,7 @@ def _meta_header(job: _Job, vocab_files: dict[str, str]) -> dict[str, Any]:
         "problem": problem.name,
         "options": problem.options,
         "fingerprint": job.fingerprint,
-        "settings": job.settings,
+        "settings": dataclasses.asdict(job.settings),
         "modalities": {
             role: {"key": getattr(problem, role).key, "kind": getattr(problem, role).kind,
                    "describe": getattr(problem, role).describe(),
@@ -506,7 +505,7 @@ def _init_worker(problem: Problem, max_length: int | None, on_bad_example: str) 
 @contextlib.contextmanager
 def _encoding(job: _Job) -> Iterator[ProcessPoolExecutor | None]:
     """The encoding workers (None: encode in this process), given the fitted modalities."""
-    args = (job.problem, job.settings["max_length"], job.settings["on_bad_example"])
+    args = (job.problem, job.settings.max_length, job.settings.on_bad_example)
     pool = ProcessPoolExecutor(job.workers, initializer=_init_worker, initargs=args
                                ) if job.workers > 1 else None
     if pool is None:
@@ -657,7 +656,7 @@ def _encode_split(
                   disable=not (job.progress and console.is_terminal)) as bar:
         task = bar.add_task(f"{problem.name}/{split}", total=None)
         samples = itertools.islice(problem.generate_samples(split),
-                                   job.settings["max_samples"])
+                                   job.settings.max_samples)
         for chunk_index in itertools.count():
             raws = list(itertools.islice(samples, chunk_size))
             if not raws:
@@ -698,7 +697,7 @@ def _write_split(job: _Job, split: str, chunks: list[Path]) -> dict[str, Any]:
         bad += summary["bad"]
         total += summary["count"]
     shards = _write_shards(job.problem, split, chunks, total, job.problem_dir,
-                           job.settings["samples_per_shard"], job.settings["compress"])
+                           job.settings.samples_per_shard, job.settings.compress)
     entry = {
         "count": sum(s["count"] for s in shards),
         "dropped": dropped,

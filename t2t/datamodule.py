@@ -59,13 +59,13 @@ class PlanSettings:
     packed_length: int = 0
 
 
-def rank_order(counts: list[int], epoch: int, world: int, rank: int, s: PlanSettings
+def rank_order(counts: list[int], epoch: int, world: int, rank: int, settings: PlanSettings
                ) -> np.ndarray:
     """Global sample indices (shard order) this rank reads, in reading order."""
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     shards = np.arange(len(counts))
-    if s.shuffle:
-        shards = np.random.default_rng([s.seed, epoch]).permutation(len(counts))
+    if settings.shuffle:
+        shards = np.random.default_rng([settings.seed, epoch]).permutation(len(counts))
     if len(counts) % world == 0:
         mine = shards[rank::world]
         return np.concatenate([np.arange(starts[i], starts[i] + counts[i]) for i in mine])
@@ -97,44 +97,44 @@ def pack(lengths: np.ndarray, capacity: int) -> list[list[int]]:
     return rows
 
 
-def plan_rank(order: np.ndarray, lengths: np.ndarray, epoch: int, rank: int, s: PlanSettings
+def plan_rank(order: np.ndarray, lengths: np.ndarray, epoch: int, rank: int, settings: PlanSettings
               ) -> list[np.ndarray]:
     """Token-budget batches (arrays of global indices) over one rank's samples."""
     sizes = lengths.max(axis=1)
     batches: list[np.ndarray] = []
-    for w, start in enumerate(range(0, len(order), s.window)):
-        window = order[start:start + s.window]
+    for w, start in enumerate(range(0, len(order), settings.window)):
+        window = order[start:start + settings.window]
         window = window[np.argsort(sizes[window], kind="stable")]
-        window_batches = (packed_batches(window[::-1], lengths, s) if s.packed_length
-                          else bucketed_batches(window, sizes, s))
-        if s.shuffle:
-            rng = np.random.default_rng([s.seed, epoch, rank, w])
+        window_batches = (packed_batches(window[::-1], lengths, settings) if settings.packed_length
+                          else bucketed_batches(window, sizes, settings))
+        if settings.shuffle:
+            rng = np.random.default_rng([settings.seed, epoch, rank, w])
             window_batches = [window_batches[i] for i in rng.permutation(len(window_batches))]
         batches += window_batches
     return batches
 
 
-def bucketed_batches(window: np.ndarray, sizes: np.ndarray, s: PlanSettings
+def bucketed_batches(window: np.ndarray, sizes: np.ndarray, settings: PlanSettings
                      ) -> list[np.ndarray]:
     """A window's samples (shortest first) cut into batches of at most max_tokens padded
     tokens (rows x longest) and max_rows rows."""
     batches, begin = [], 0
     for end in range(1, len(window) + 1):
         rows, longest = end - begin, sizes[window[end - 1]]
-        if end - begin > 1 and (rows * longest > s.max_tokens or rows > s.max_rows):
+        if end - begin > 1 and (rows * longest > settings.max_tokens or rows > settings.max_rows):
             batches.append(window[begin:end - 1])
             begin = end - 1
     batches.append(window[begin:])
     return batches
 
 
-def packed_batches(window: np.ndarray, lengths: np.ndarray, s: PlanSettings
+def packed_batches(window: np.ndarray, lengths: np.ndarray, settings: PlanSettings
                    ) -> list[np.ndarray]:
     """A window's samples (longest first: first fit decreasing) packed into rows, then
     max_tokens // packed_length rows a batch. A batch lists its samples row after row, so that
     packing them again at collate time, in that order, gives back the same rows."""
-    per_batch = max(1, min(s.max_rows, s.max_tokens // s.packed_length))
-    rows = [window[row] for row in pack(lengths[window], s.packed_length)]
+    per_batch = max(1, min(settings.max_rows, settings.max_tokens // settings.packed_length))
+    rows = [window[row] for row in pack(lengths[window], settings.packed_length)]
     return [np.concatenate(rows[i:i + per_batch]) for i in range(0, len(rows), per_batch)]
 
 
@@ -174,11 +174,11 @@ def fit_length(plan: list[np.ndarray | None], target: int, lengths: np.ndarray
 
 
 def epoch_plan(counts: list[int], lengths: np.ndarray, epoch: int, world: int, rank: int,
-               s: PlanSettings, target: int | None = None) -> list[np.ndarray | None]:
+               settings: PlanSettings, target: int | None = None) -> list[np.ndarray | None]:
     """One rank's batches for an epoch. Bucketing gives each epoch a slightly different number
     of batches; with `target` (the first epoch's count) every epoch has the same, as the
     trainer counts an epoch by the loader's length."""
-    plans = [plan_rank(rank_order(counts, epoch, world, r, s), lengths, epoch, r, s)
+    plans = [plan_rank(rank_order(counts, epoch, world, r, settings), lengths, epoch, r, settings)
              for r in range(world)]
     plan = equalize(plans, lengths)[rank]
     return plan if target is None else fit_length(plan, target, lengths)

@@ -101,13 +101,13 @@ class T2TLitModule(L.LightningModule):
         labels = (batch["labels"] if packing else add_eos(batch["targets"])).flatten()
         # The decoder's feed-forward blocks and the softmax run only where there is a label.
         # The indices first: on a GPU, nonzero waits for the queue, which is still empty here.
-        rows = (labels != PAD).nonzero().squeeze(1)  # (N,)
+        active = (labels != PAD).nonzero().squeeze(1)  # (N,)
         memory, memory_pad = self.model.encode(problem, batch["inputs"], batch["inputs_pad"],
                                                packing)
         hidden = self.model.decoder_states(problem, memory, memory_pad, batch["targets"],
-                                           rows=rows, packing=packing)  # (B, T+1, C)
-        logits = self.model.logits(problem, hidden.flatten(0, 1).index_select(0, rows))
-        loss = F.cross_entropy(logits.float(), labels.index_select(0, rows),
+                                           active=active, packing=packing)  # (B, T+1, C)
+        logits = self.model.logits(problem, hidden.flatten(0, 1).index_select(0, active))
+        loss = F.cross_entropy(logits.float(), labels.index_select(0, active),
                                label_smoothing=label_smoothing)  # (N, V) against (N,)
         if ctc_weight:
             if packing:
@@ -118,7 +118,7 @@ class T2TLitModule(L.LightningModule):
                              (~memory_pad).sum(dim=1), (batch["targets"] != PAD).sum(dim=1),
                              blank=PAD, zero_infinity=True)  # inputs too short to align: 0
             loss = (1.0 - ctc_weight) * loss + ctc_weight * ctc
-        return loss, rows.numel()
+        return loss, active.numel()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         loss, tokens = self.loss(batch, self.label_smoothing, self.ctc_weights[batch["problem"]])

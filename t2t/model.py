@@ -182,16 +182,16 @@ class FeedForward(nn.Module):
         return self.down(self.activation(self.up(x)))
 
 
-def add_on_rows(x: Tensor, f, rows: Tensor | None) -> Tensor:
-    """x + f(x) for a position-wise f, computed only at `rows` (flat indices into the B*T
+def add_at_active(x: Tensor, f, active: Tensor | None) -> Tensor:
+    """x + f(x) for a position-wise f, computed only at `active` (flat indices into the B*T
     positions; None: all). Padding positions keep x unchanged: nothing reads them (attention
     masks them, the loss skips them), so the feed-forward block need not spend FLOPs there."""
-    if rows is None:
+    if active is None:
         return x + f(x)
     flat = x.flatten(0, 1)
     # Under autocast f returns bf16/fp16 while the residual stream stays fp32; index_add,
     # unlike +, does not promote.
-    return flat.index_add(0, rows, f(flat.index_select(0, rows)).to(flat.dtype)).view_as(x)
+    return flat.index_add(0, active, f(flat.index_select(0, active)).to(flat.dtype)).view_as(x)
 
 
 class EncoderLayer(nn.Module):
@@ -204,11 +204,11 @@ class EncoderLayer(nn.Module):
         self.ff = FeedForward(c.d_model, c.d_ff, c.activation)
         self.drop = Dropout(c.dropout)
 
-    def forward(self, x: Tensor, attn_mask: Tensor, rows: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Tensor, active: Tensor | None = None) -> Tensor:
         # Pre-norm: the residual stream is never normalised, which keeps deep stacks stable
         # without learning-rate warmup tricks; the stack's final LayerNorm cleans up.
         x = x + self.drop(self.attn(self.norm1(x), attn_mask=attn_mask))
-        return add_on_rows(x, lambda h: self.drop(self.ff(self.norm2(h))), rows)  # (B, S, C)
+        return add_at_active(x, lambda h: self.drop(self.ff(self.norm2(h))), active)  # (B, S, C)
 
 
 class DecoderLayer(nn.Module):
@@ -224,14 +224,14 @@ class DecoderLayer(nn.Module):
         self.drop = Dropout(c.dropout)
 
     def forward(self, x: Tensor, memory_kv: tuple[Tensor, Tensor], memory_mask: Tensor,
-                cache: tuple[Tensor, Tensor] | None = None, rows: Tensor | None = None,
+                cache: tuple[Tensor, Tensor] | None = None, active: Tensor | None = None,
                 self_mask: Tensor | None = None) -> Tensor:
         # Teacher forcing over all T positions at once; is_causal lets SDPA pick fused kernels.
         # Packed rows bring their own causal mask, which also keeps segments apart.
         x = x + self.drop(self.self_attn(self.norm1(x), attn_mask=self_mask,
                                          is_causal=self_mask is None, cache=cache))
         x = x + self.drop(self.cross_attn(self.norm2(x), *memory_kv, attn_mask=memory_mask))
-        return add_on_rows(x, lambda h: self.drop(self.ff(self.norm3(h))), rows)  # (B, T, C)
+        return add_at_active(x, lambda h: self.drop(self.ff(self.norm3(h))), active)  # (B, T, C)
 
     def step(self, x: Tensor, k_cache: Tensor, v_cache: Tensor, pos: int,
              memory_kv: tuple[Tensor, Tensor], memory_mask: Tensor) -> Tensor:
@@ -390,9 +390,9 @@ class Transformer(nn.Module):
         pad_mask = torch.cat([pad_mask.new_zeros(B, 1), pad_mask.bool()], dim=1)  # (B, S+1)
         attn_mask = ~pad_mask[:, None, None, :]  # (B, 1, 1, S+1), True = attend
         x = self._add_positions(x)
-        rows = (~pad_mask).flatten().nonzero().squeeze(1)  # real positions, for add_on_rows
+        active = (~pad_mask).flatten().nonzero().squeeze(1)  # real positions, for add_at_active
         for layer in self.encoder:
-            x = layer(x, attn_mask, rows)
+            x = layer(x, attn_mask, active)
         return self.encoder_norm(x), pad_mask
 
     def _encode_packed(self, x: Tensor, problem: Tensor, packing: dict[str, Tensor]
@@ -405,13 +405,13 @@ class Transformer(nn.Module):
         # the mask is empty (an empty one gives NaN); nothing reads those positions.
         attn_mask = (segments[:, :, None] == segments[:, None, :]).unsqueeze(1)  # (B, 1, S, S)
         pad_mask = segments == 0
-        rows = (~pad_mask).flatten().nonzero().squeeze(1)
+        active = (~pad_mask).flatten().nonzero().squeeze(1)
         for layer in self.encoder:
-            x = layer(x, attn_mask, rows)
+            x = layer(x, attn_mask, active)
         return self.encoder_norm(x), pad_mask
 
     def decode(self, y: Tensor, memory: Tensor, memory_pad_mask: Tensor, problem: Tensor,
-               cache: KVCache | None = None, rows: Tensor | None = None,
+               cache: KVCache | None = None, active: Tensor | None = None,
                packing: dict[str, Tensor] | None = None) -> Tensor:
         """Teacher-forced decoder pass; the per-problem BOS is prepended here.
 
@@ -422,19 +422,19 @@ class Transformer(nn.Module):
         `targets + [EOS]`.
         With `cache` (fresh from `new_cache`), it also fills the cache, so `decode_step`
         can continue after y (decoding forced to start with a given prefix).
-        With `rows` (flat indices into the B * (T+1) positions: those with a label, i.e. BOS
+        With `active` (flat indices into the B * (T+1) positions: those with a label, i.e. BOS
         and the real target tokens), the feed-forward blocks skip the others (padding).
         Packed rows (`packing`): y embeds BOS + tokens of each segment, the problem's BOS vector
         replaces each of those BOS, and the result keeps y's shape (B, T, C).
         """
         if packing is not None:
-            return self._decode_packed(y, memory, problem, rows, packing)
+            return self._decode_packed(y, memory, problem, active, packing)
         x = torch.cat([self.bos(problem)[:, None, :].to(y.dtype), y], dim=1)  # (B, T+1, C)
         x = self._add_positions(x)
         if cache is None:
             memory_mask = ~memory_pad_mask[:, None, None, :]  # (B, 1, 1, S+1)
             for layer in self.decoder:
-                x = layer(x, layer.cross_attn.project_memory(memory), memory_mask, rows=rows)
+                x = layer(x, layer.cross_attn.project_memory(memory), memory_mask, active=active)
         else:
             if cache.length != 0:
                 raise ValueError("decode with a cache needs a fresh one (length 0)")
@@ -446,7 +446,7 @@ class Transformer(nn.Module):
             cache.length = x.size(1)
         return self.decoder_norm(x)
 
-    def _decode_packed(self, y: Tensor, memory: Tensor, problem: Tensor, rows: Tensor | None,
+    def _decode_packed(self, y: Tensor, memory: Tensor, problem: Tensor, active: Tensor | None,
                        packing: dict[str, Tensor]) -> Tensor:
         segments, positions = packing["targets_segments"], packing["targets_positions"]
         starts = ((positions == 0) & (segments > 0)).unsqueeze(-1)  # (B, T, 1)
@@ -460,7 +460,7 @@ class Transformer(nn.Module):
         memory_mask = ((segments[:, :, None] == packing["inputs_segments"][:, None, :])
                        | (segments == 0)[:, :, None]).unsqueeze(1)  # (B, 1, T, S)
         for layer in self.decoder:
-            x = layer(x, layer.cross_attn.project_memory(memory), memory_mask, rows=rows,
+            x = layer(x, layer.cross_attn.project_memory(memory), memory_mask, active=active,
                       self_mask=self_mask)
         return self.decoder_norm(x)
 
@@ -574,13 +574,13 @@ class T2TModel(nn.Module):
         return self.logits(problem, self.decoder_states(problem, memory, memory_pad, targets))
 
     def decoder_states(self, problem: int, memory: Tensor, memory_pad: Tensor,
-                       targets: Tensor, rows: Tensor | None = None,
+                       targets: Tensor, active: Tensor | None = None,
                        packing: dict[str, Tensor] | None = None) -> Tensor:
-        """Teacher-forced decoder hidden states (B, T+1, C), before the top; with `rows`,
+        """Teacher-forced decoder hidden states (B, T+1, C), before the top; with `active`,
         computed only there (see `Transformer.decode`); (B, T, C) for packed rows."""
         y, _ = self.bottoms[self.keys[problem][1]](targets)  # (B, T, C)
         problems = torch.full((y.shape[0],), problem, dtype=torch.long, device=y.device)
-        return self.body.decode(y, memory, memory_pad, problems, rows=rows, packing=packing)
+        return self.body.decode(y, memory, memory_pad, problems, active=active, packing=packing)
 
     def logits(self, problem: int, hidden: Tensor) -> Tensor:
         """The problem's target top over hidden states (..., C) -> (..., V), position-wise:

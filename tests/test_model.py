@@ -99,7 +99,7 @@ def test_target_padding_does_not_change_real_positions(model):
     labelled = torch.arange(T + 1)[None, :] <= torch.tensor([T, 3, 1])[:, None]  # (B, T+1)
     memory, memory_pad_mask = model.encode(x, pad_mask, problem)
     padded = model.decode(y, memory, memory_pad_mask, problem,
-                          rows=labelled.flatten().nonzero().squeeze(1))
+                          active=labelled.flatten().nonzero().squeeze(1))
     for i, length in enumerate([T, 3, 1]):
         alone = model.decode(y[i : i + 1, :length], memory[i : i + 1],
                              memory_pad_mask[i : i + 1], problem[i : i + 1])
