@@ -101,9 +101,10 @@ def main() -> None:
         problem_dir = open_shards(problem, args.data_dir, {"max_samples": max_samples})
         config = OmegaConf.load(ROOT / "problems" / "configs" / "experiment" / f"{experiment}.yaml")
         max_tokens = int(config.data.max_tokens)
-        # The experiment's augmentation and bottoms (an image stem), over the defaults.
-        augment = OmegaConf.to_container(config.data.get("augment", {}))
-        bottoms = OmegaConf.to_container(config.get("model", {}).get("bottoms", {}))
+        # The experiment's own augmentation and bottoms (an image stem); by default, none.
+        augment, bottoms = (OmegaConf.to_container(OmegaConf.select(config, key, default=
+                                                                    OmegaConf.create()))
+                            for key in ("data.augment", "model.bottoms"))
 
         datamodule = functools.partial(T2TDataModule, [problem], [problem_dir],
                                        max_tokens=max_tokens, augment=augment)

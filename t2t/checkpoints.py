@@ -79,7 +79,7 @@ def resumable_checkpoint(directory: Path, expected: dict[str, Any],
 
 # What a resumed run may not change (dropout, say, it may).
 ARCHITECTURE = ("d_model", "num_heads", "num_encoder_layers", "num_decoder_layers", "d_ff",
-                "max_positions", "activation")
+                "max_positions", "activation", "bottoms")
 
 
 def _check_same_run(path: Path, saved: dict[str, Any], expected: dict[str, Any]) -> None:

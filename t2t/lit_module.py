@@ -45,6 +45,13 @@ def lr_factor(step: int, warmup_steps: int, schedule: str, max_steps: int) -> fl
     raise ValueError(f"unknown schedule {schedule!r}: use inverse_sqrt, cosine or constant")
 
 
+def checked_ctc_weight(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise UserError(f"optim.ctc_weight={value!r}: use a share of the loss from 0 (no CTC "
+                        f"loss) to 1")
+    return float(value)
+
+
 class T2TLitModule(L.LightningModule):
     def __init__(
         self,
@@ -77,6 +84,7 @@ class T2TLitModule(L.LightningModule):
         self.schedule = dict(warmup_steps=warmup_steps, schedule=schedule, max_steps=max_steps)
         self.label_smoothing = label_smoothing
         # Problems whose targets follow their inputs' order mix in an encoder CTC loss.
+        ctc_weight = checked_ctc_weight(ctc_weight)
         self.ctc_weights = [ctc_weight if p.targets_in_input_order else 0.0 for p in problems]
         self.val_decode_batches, self.beam_size = val_decode_batches, beam_size
         self.max_decode_length = max_decode_length

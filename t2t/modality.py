@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import collections.abc
 import inspect
-from collections.abc import Callable, Iterable, Mapping
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from t2t.errors import unknown_name
+from t2t.errors import UserError, unknown_name
 
 
 class Modality:
@@ -90,18 +93,6 @@ class Modality:
         raise NotImplementedError
 
 
-def call_with_settings(method: Callable[..., Any], settings: Mapping[str, Any], where: str
-                       ) -> Any:
-    """`method(**settings)` for a modality's `augmentation` or `bottom`, where a setting it
-    does not take is one error line with close matches, not a TypeError."""
-    known = [name for name, parameter in inspect.signature(method).parameters.items()
-             if parameter.kind is parameter.KEYWORD_ONLY]
-    for name in settings:
-        if name not in known:
-            raise unknown_name("setting", name, known,
-                               f"it takes: {', '.join(known) or 'none'}", where=f" in {where}")
-    return method(**settings)
-
     def top(self, d_model: int, bottom: nn.Module) -> nn.Module:
         """Module mapping (B, T, d_model) hidden states to (B, T, vocab) logits; it may share
         weights with this modality's `bottom` (tied embeddings)."""
@@ -110,3 +101,50 @@ def call_with_settings(method: Callable[..., Any], settings: Mapping[str, Any], 
     def describe(self) -> str:
         """Short human-readable form for listings, e.g. 'text(sentencepiece 8000)'."""
         return self.kind
+
+
+def call_with_settings(method: Callable[..., Any], settings: Mapping[str, Any], where: str,
+                       *args: Any) -> Any:
+    """`method(*args, **settings)` for a modality's `augmentation` or `bottom`, where a
+    setting it does not take, or a value of the wrong type, is one error line, not a
+    TypeError."""
+    parameters = {name: parameter for name, parameter in inspect.signature(method).parameters
+                  .items() if parameter.kind is parameter.KEYWORD_ONLY}
+    hints = typing.get_type_hints(method)
+    for name, value in settings.items():
+        if name not in parameters:
+            raise unknown_name("setting", name, parameters,
+                               f"it takes: {', '.join(parameters) or 'none'}",
+                               where=f" in {where}")
+        if not _fits(value, hints.get(name, Any)):
+            raise UserError(f"{where}.{name}={value!r}: expected {_type_name(hints[name])}")
+    return method(*args, **settings)
+
+
+def _fits(value: Any, annotation: Any) -> bool:
+    """Whether a config value has the type a setting declares (ints pass as floats; the
+    types settings use: numbers, booleans, strings, sequences of them, optional ones)."""
+    if annotation is Any:
+        return True
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if origin in (list, tuple, collections.abc.Sequence):
+        return (isinstance(value, Sequence) and not isinstance(value, str)
+                and all(_fits(item, args[0] if args else Any) for item in value))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation) if isinstance(annotation, type) else True
+
+
+def _type_name(annotation: Any) -> str:
+    args = [_type_name(arg) for arg in typing.get_args(annotation)]
+    if typing.get_origin(annotation) in (list, tuple, collections.abc.Sequence):
+        return f"a list of {args[0]}" if args else "a list"
+    if args:
+        return " or ".join(args)
+    return getattr(annotation, "__name__", str(annotation))

@@ -16,7 +16,6 @@ pipeline), masks handed to SDPA are True where attention is allowed (like SDPA).
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -544,8 +543,8 @@ class T2TModel(nn.Module):
                 if key not in self.bottoms:
                     settings = config.bottoms.get(modality.kind, {})
                     self.bottoms[key] = call_with_settings(
-                        functools.partial(modality.bottom, config.d_model), settings,
-                        f"model.bottoms.{modality.kind}")
+                        modality.bottom, settings, f"model.bottoms.{modality.kind}",
+                        config.d_model)
             target_key = _module_key(targets.key)
             if target_key not in self.tops:
                 self.tops[target_key] = targets.top(config.d_model, self.bottoms[target_key])
@@ -584,7 +583,7 @@ class T2TModel(nn.Module):
 
     def logits(self, problem: int, hidden: Tensor) -> Tensor:
         """The problem's target top over hidden states (..., C) -> (..., V), position-wise:
-        the loss passes only the rows that have a label."""
+        the loss passes only the positions that have a label."""
         return self.tops[self.keys[problem][1]](hidden)
 
     def encoder_logits(self, problem: int, memory: Tensor) -> Tensor:

@@ -149,3 +149,30 @@ def test_free_text_input_is_quoted_for_hydra():
         (override,) = quote_free_text([f"input={text}"])
         assert parser.parse_override(override).value() == text
     assert quote_free_text(["input='quoted'", "problem=x"]) == ["input='quoted'", "problem=x"]
+
+
+@pytest.mark.parametrize(
+    "command, args, message",
+    [
+        ("t2t-train", ["optim.ctc_weight=abc"], "optim.ctc_weight='abc': use a share"),
+        ("t2t-train", ["data.augment.image.elastic=abc"],
+         "data.augment.image.elastic='abc': expected float"),
+        ("t2t-train", ["model.bottoms.image.stem_channels=1.5"],
+         "model.bottoms.image.stem_channels=1.5: expected int"),
+        ("t2t-train", ["model.bottoms.image.stem_channels=8", "model.bottoms.image.stem_layers=1"],
+         "stem_layers must be at least 2"),
+        ("t2t-train", ["experiment=quickstar"], "unknown experiment 'quickstar'; did you mean "
+                                                "quickstart"),
+        ("t2t-decode", ["experiment=quickstart", "ckpt=x"], "unknown option 'experiment'"),
+    ],
+)
+def test_bad_training_settings_are_one_line_before_any_datagen(command, args, message,
+                                                               tmp_path):
+    run = [f"run_dir={tmp_path / 'run'}", "model=tiny"] if command == "t2t-train" else []
+    result = run_command(command, "problem=ocr_rendered_text", *run, *args,
+                         f"data_dir={tmp_path / 'data'}", cwd=tmp_path)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
+    assert message in lines[0]
+    assert not (tmp_path / "data").exists()  # told before datagen spent any time

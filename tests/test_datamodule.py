@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from problems.algorithmic import AlgorithmicCopy
 from t2t import data, datagen
@@ -90,3 +91,34 @@ def test_every_epoch_has_the_first_epochs_batch_count(world):
         assert {len(p) for p in plans} == {target}
         seen = np.concatenate([b for p in plans for b in p if b is not None])
         assert sorted(seen.tolist()) == list(range(sum(counts)))
+
+
+@pytest.mark.parametrize("family, augment", [
+    ("image", {"image": {"elastic": 2.0, "thickness": 0.5}}),
+    ("audio", {"audio": {"speed_perturb": [0.8, 1.25], "noise_snr_db": [10, 20]}}),
+])
+def test_training_samples_are_augmented_in_a_loader_worker_and_validation_ones_are_not(
+        family, augment, tmp_path):
+    from problems.morse import MorseCode
+    from problems.ocr import OcrRenderedText
+    from t2t.datamodule import T2TDataModule
+
+    problem = (OcrRenderedText if family == "image" else MorseCode)(train_size=8, eval_size=8)
+    datagen.generate(problem, tmp_path, progress=False)
+    problem_dir = data.open_shards(problem, tmp_path, {})
+    module = T2TDataModule([problem], [problem_dir], augment=augment)  # checks, builds them
+    settings = PlanSettings(shuffle=False)
+
+    def batches(augmentations):  # the train split in plan order, read in one worker process
+        dataset = PlannedBatches(problem, problem_dir, "train", 0, settings,
+                                 augment=augmentations)
+        return list(make_loader(dataset, num_workers=1))
+
+    augmented, plain = batches(module.augmentations[0]), batches(None)
+    assert [b["keys"] for b in augmented] == [b["keys"] for b in plain]
+    changed = [a.shape != p.shape or not torch.equal(a, p)
+               for x, y in zip(augmented, plain, strict=True)
+               for a, p in zip(x["inputs"], y["inputs"], strict=True)]
+    assert len(changed) == 8 and all(changed)
+    assert all(torch.equal(x["inputs"], y["inputs"]) for x, y in zip(plain, batches(None),
+                                                                       strict=True))

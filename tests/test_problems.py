@@ -109,3 +109,16 @@ def test_problem_round_trips_through_a_shard(name, tmp_path):
                   if "test" in problem.splits else "validation"), 2)]
     predictions = decode_raw(model.eval(), problem, 0, raw_inputs, beam_size=2, max_length=8)
     assert len(predictions) == 2
+
+
+def test_a_user_modality_gets_the_base_class_defaults():
+    from t2t.modality import Modality
+
+    class Points(Modality):  # what a user writes for inputs-only data: no describe, no top
+        kind = "points"
+
+    points = Points()
+    assert points.describe() == "points"
+    assert points.augmentation() is None
+    with pytest.raises(NotImplementedError):
+        points.top(8, None)

@@ -212,7 +212,10 @@ def check_overrides(command: str, config_name: str, argv: list[str]) -> None:
         from hydra.core.global_hydra import GlobalHydra
 
         loader = GlobalHydra.instance().config_loader()
-        groups = set(loader.list_groups("")) | problem_config_groups()
+        # The problems' groups count where the command's config puts them on its search path.
+        groups = set(loader.list_groups("")) | {
+            group for group in problem_config_groups()
+            if loader.get_group_options(group, config_name=config_name)}
         group_overrides, value_keys = [], []
         for override in overrides:
             if "=" not in override:

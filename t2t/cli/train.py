@@ -46,6 +46,24 @@ def prepare_and_open_shards(problems: list[Any], config: Any, is_global_zero: bo
     return locations
 
 
+def check_settings(problems: list[Any], config: Any) -> None:
+    """The settings that reach the modalities and the loss (data.augment, model.bottoms,
+    optim.ctc_weight), checked before datagen, which may take long. A modality that learns
+    a vocabulary first has its bottom built, and checked, with the model."""
+    from t2t.data import ROLES
+    from t2t.datamodule import augmentation
+    from t2t.lit_module import checked_ctc_weight
+    from t2t.modality import call_with_settings
+
+    checked_ctc_weight(config.optim.ctc_weight)
+    for problem in problems:
+        for modality in (getattr(problem, role) for role in ROLES):
+            augmentation(modality, config.data.augment)
+            if not modality.needs_fit:
+                call_with_settings(modality.bottom, config.model.bottoms.get(modality.kind, {}),
+                                   f"model.bottoms.{modality.kind}", config.model.d_model)
+
+
 def data_parallel(trainer: Any, problems: list[Any]) -> dict[str, Any]:
     """Trainer options for a mixture: each batch is one member's, so the other members'
     bottoms and tops get no gradient in that step, and DDP must be told to expect that."""
@@ -78,6 +96,7 @@ def train(config: Any) -> None:
 
     L.seed_everything(config.seed, workers=True, verbose=False)
     problems, mixing = build_problems(config.problem)
+    check_settings(problems, config)
     run_dir = Path(config.run_dir)
     checkpoints = StepCheckpoints(dirpath=run_dir / "checkpoints", save_last=True,
                                   every_n_train_steps=config.checkpoint_every)
