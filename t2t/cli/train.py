@@ -50,18 +50,23 @@ def check_settings(problems: list[Any], config: Any) -> None:
     """The settings that reach the modalities and the loss (data.augment, model.bottoms,
     optim.ctc_weight), checked before datagen, which may take long. A modality that learns
     a vocabulary first has its bottom built, and checked, with the model."""
+    import torch
+
     from t2t.data import ROLES
     from t2t.datamodule import augmentation
     from t2t.lit_module import checked_ctc_weight
     from t2t.modality import call_with_settings
 
     checked_ctc_weight(config.optim.ctc_weight)
-    for problem in problems:
-        for modality in (getattr(problem, role) for role in ROLES):
-            augmentation(modality, config.data.augment)
-            if not modality.needs_fit:
-                call_with_settings(modality.bottom, config.model.bottoms.get(modality.kind, {}),
-                                   f"model.bottoms.{modality.kind}", config.model.d_model)
+    # A bottom built here draws its initial weights: the seeded run must not see those draws.
+    with torch.random.fork_rng(devices=[]):
+        for problem in problems:
+            for modality in (getattr(problem, role) for role in ROLES):
+                augmentation(modality, config.data.augment)
+                if not modality.needs_fit:
+                    call_with_settings(modality.bottom,
+                                       config.model.bottoms.get(modality.kind, {}),
+                                       f"model.bottoms.{modality.kind}", config.model.d_model)
 
 
 def data_parallel(trainer: Any, problems: list[Any]) -> dict[str, Any]:
