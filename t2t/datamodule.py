@@ -189,9 +189,12 @@ class PlannedBatches(IterableDataset):
 
     def __init__(self, problem: Problem, problem_dir: str | Path, split: str, problem_index: int,
                  settings: PlanSettings, world: int = 1, rank: int = 0,
-                 augment: dict[str, Any] | None = None):
+                 augment: dict[str, Any] | None = None, keep_stored_inputs: bool = False):
         self.problem, self.problem_index, self.settings = problem, problem_index, settings
         self.augment = augment or {}  # role -> what its modality's load augments with
+        # Validation keeps each input's stored bytes (a PNG, a FLAC file) beside the loaded
+        # tensor: example decodes show an image or a sound as the file it was.
+        self.keep_stored_inputs = keep_stored_inputs
         meta = read_meta(problem_dir)
         restore_vocabularies(problem, problem_dir, meta)
         self.shards = split_shards(problem_dir, split, meta)
@@ -263,14 +266,18 @@ class PlannedBatches(IterableDataset):
             range(starts[i], starts[i] + self.counts[i]) for i in shard_ids)
         for index, raw in zip(offsets, stream, strict=True):
             if index in needed:
-                yield index, {"key": raw["key"], "references": raw.get("references"),
-                              **{r: getattr(self.problem, r).load(raw[r],
-                                                                  augment=self.augment.get(r))
-                                 for r in ROLES}}
+                sample = {"key": raw["key"], "references": raw.get("references"),
+                          **{r: getattr(self.problem, r).load(raw[r], augment=self.augment.get(r))
+                             for r in ROLES}}
+                if self.keep_stored_inputs:
+                    sample["stored_inputs"] = raw["inputs"]
+                yield index, sample
 
     def _collate(self, samples: list[dict], weight: float) -> dict[str, Any]:
         batch = {"problem": self.problem_index, "keys": [s["key"] for s in samples],
                  "weight": weight, "references": [s["references"] for s in samples]}
+        if self.keep_stored_inputs:
+            batch["stored_inputs"] = [s["stored_inputs"] for s in samples]
         if self.settings.packed_length:
             return {**batch, **packed_rows(samples, self.settings.packed_length)}
         inputs, inputs_pad = self.problem.inputs.collate([s["inputs"] for s in samples])
@@ -472,7 +479,8 @@ class T2TDataModule(L.LightningDataModule):
         world, rank = self._ranks()
         return [PlannedBatches(problem, problem_dir, split, index,
                                self._member_settings(problem, settings), world, rank,
-                               augment=self.augmentations[index] if augment else None)
+                               augment=self.augmentations[index] if augment else None,
+                               keep_stored_inputs=not augment)
                 for index, (problem, problem_dir) in enumerate(zip(self.problems,
                                                                    self.problem_dirs,
                                                                    strict=True))]

@@ -3,6 +3,7 @@ the network is `t2t.model.T2TModel`, decoding is `t2t.decoding`."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -14,11 +15,11 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 
 from t2t.errors import UserError
-from t2t.inference import decode_ids
+from t2t.inference import decode_ids, decode_loaded
 from t2t.metrics import get_metric
 from t2t.modality import Modality
 from t2t.model import T2TModel
-from t2t.problem import Problem, constraint_for
+from t2t.problem import Problem, Verifier, constraint_for
 from t2t.tokens import EOS, PAD
 
 
@@ -52,6 +53,15 @@ def checked_ctc_weight(value: Any) -> float:
     return float(value)
 
 
+@dataclasses.dataclass
+class StoredInput:
+    """An example's input as stored in its shard: the bytes of a file with this extension."""
+
+    key: str
+    data: bytes
+    extension: str
+
+
 class T2TLitModule(L.LightningModule):
     def __init__(
         self,
@@ -71,6 +81,8 @@ class T2TLitModule(L.LightningModule):
         record_samples: str | None = None,
         beam_size: int = 1,
         max_decode_length: int = 256,
+        search_best_of: int = 0,
+        search_time_budget_s: float = 1.0,
         checkpoint_info: dict[str, Any] | None = None,
         on_nonfinite_loss: str = "error",
     ):
@@ -88,6 +100,8 @@ class T2TLitModule(L.LightningModule):
         self.ctc_weights = [ctc_weight if p.targets_in_input_order else 0.0 for p in problems]
         self.val_decode_batches, self.beam_size = val_decode_batches, beam_size
         self.max_decode_length = max_decode_length
+        # Problems with a verifier (t2t.problem.Verifier) may be validated by their search.
+        self.search = dict(best_of=search_best_of, time_budget_s=search_time_budget_s)
         self.checkpoint_info = checkpoint_info or {}
         self.record_samples = record_samples
         self.examples: dict[str, list[tuple[str, str, str]]] = {}
@@ -208,24 +222,35 @@ class T2TLitModule(L.LightningModule):
     def _decode_for_metrics(self, batch: dict[str, Any]) -> None:
         problem = self.problems[batch["problem"]]
         longest = int((batch["targets"] != PAD).sum(dim=1).max())
-        predicted = decode_ids(self.model, batch["problem"], batch["inputs"],
-                               batch["inputs_pad"], beam_size=self.beam_size,
-                               max_length=min(self.max_decode_length, 2 * longest + 10),
-                               allowed=constraint_for(problem, batch["inputs"],
-                                                      batch["inputs_pad"]))
+        max_length = min(self.max_decode_length, 2 * longest + 10)
+        if self.search["best_of"] and isinstance(problem, Verifier):
+            loaded = [problem.inputs.load(data) for data in batch["stored_inputs"]]
+            decoded = decode_loaded(self.model, problem, batch["problem"], loaded,
+                                    max_length=max_length, **self.search)
+        else:
+            predicted = decode_ids(self.model, batch["problem"], batch["inputs"],
+                                   batch["inputs_pad"], beam_size=self.beam_size,
+                                   max_length=max_length,
+                                   allowed=constraint_for(problem, batch["inputs"],
+                                                          batch["inputs_pad"]))
+            decoded = [problem.targets.decode(ids) for ids in predicted]
         sources, predictions, references = self._decoded.setdefault(batch["problem"],
                                                                     ([], [], []))
-        for row, ids in enumerate(predicted):
-            predictions.append(problem.targets.decode(ids))
+        for row, prediction in enumerate(decoded):
+            predictions.append(prediction)
             references.append(batch["references"][row]
                               or problem.targets.decode(batch["targets"][row]))
             sources.append(self._describe_input(problem, batch, row))
 
     @staticmethod
-    def _describe_input(problem: Problem, batch: dict[str, Any], row: int) -> str:
-        if type(problem.inputs).decode is Modality.decode:  # media: no text form, show the key
-            return f"sample {batch['keys'][row]}"
-        return str(problem.inputs.decode(batch["inputs"][row]))
+    def _describe_input(problem: Problem, batch: dict[str, Any], row: int) -> str | StoredInput:
+        if type(problem.inputs).decode is not Modality.decode:
+            return str(problem.inputs.decode(batch["inputs"][row]))
+        # Media has no text form: the report writes the stored file (a PNG, a FLAC) to show.
+        if "stored_inputs" in batch:
+            return StoredInput(batch["keys"][row], batch["stored_inputs"][row],
+                               problem.inputs.extension)
+        return f"sample {batch['keys'][row]}"
 
     def on_validation_epoch_end(self) -> None:
         for index, (sources, predictions, references) in self._all_ranks_decoded().items():

@@ -34,6 +34,20 @@ def test_readme_main_job_runs(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "metrics after 40 steps" in result.stdout and "example decodes" in result.stdout
     assert data_count(tmp_path / "data" / "algorithmic_reverse", "train") > 0
+    lines = result.stdout.splitlines()
+    # Which way is better, on every metric's row.
+    assert any(re.search(r"\bcer\b.*\blower\b", line) for line in lines)
+    assert any(re.search(r"\bexact_match\b.*\bhigher\b", line) for line in lines)
+    # An image or a sound is shown as the file it was, written next to the run.
+    for extension, magic in (("png", b"\x89PNG"), ("flac", b"fLaC")):
+        shown = re.findall(rf"(\S+/examples/\w+/\w+\.{extension})", result.stdout)
+        assert shown, result.stdout[-3000:]
+        assert (tmp_path / shown[0]).read_bytes().startswith(magic)
+    # The next step it suggests works as printed.
+    (suggested,) = [line.split("decode your own input: ", 1)[1] for line in lines
+                    if "decode your own input: " in line]
+    decoded = run_command(*shlex.split(suggested), cwd=tmp_path)
+    assert decoded.returncode == 0 and decoded.stdout.strip(), decoded.stderr[-2000:]
 
 
 def test_readme_test_command_is_what_ci_runs():

@@ -613,3 +613,22 @@ def test_rna_problems_take_part_in_the_decoding_protocols_and_own_their_metrics(
     for metric in (solved, structure_distance):
         with pytest.raises(ValueError, match="2 predictions but 1 references"):
             metric(["GGGGAAAACCCC", "GGGGAAAACCCC"], ["((((....))))"])
+
+
+@pytest.mark.timeout(300)
+def test_validation_may_score_a_verifier_problem_by_its_search(tmp_path):
+    """eval.search_best_of: validation decodes rna_design with the problem's search, which
+    solves small structures even for an untrained model; greedy decoding of it does not."""
+    solved = {}
+    for best_of in (0, 4):
+        result = run_command(
+            "t2t-train", "problem=rna_design", "problem.train_size=64", "problem.eval_size=16",
+            "problem.max_length=24", "model=tiny", "trainer.max_steps=2",
+            "trainer.val_check_interval=2", "trainer.enable_progress_bar=false",
+            "data.num_workers=0", f"eval.search_best_of={best_of}",
+            "eval.search_time_budget_s=2.0", f"data_dir={tmp_path / 'data'}",
+            f"run_dir={tmp_path / f'run{best_of}'}", cwd=tmp_path, timeout=280)
+        assert result.returncode == 0, result.stderr[-3000:]
+        (row,) = [line for line in result.stdout.splitlines() if " solved " in line]
+        solved[best_of] = float(row.split("│")[3])
+    assert solved[4] == 1.0 > solved[0]

@@ -135,6 +135,8 @@ def train(config: Any) -> None:
         val_decode_batches=config.eval.decode_batches, beam_size=config.eval.beam_size,
         record_samples=config.record_samples,
         max_decode_length=config.eval.max_decode_length,
+        search_best_of=config.eval.search_best_of,
+        search_time_budget_s=config.eval.search_time_budget_s,
         on_nonfinite_loss=config.on_nonfinite_loss,
         checkpoint_info=checkpoint_info(problems, problem_dirs, model_config))
     datamodule = T2TDataModule(problems, problem_dirs, seed=config.seed, **mixing,
