@@ -263,3 +263,15 @@ def test_usr_dir_verifier_trains_decodes_by_search_and_evaluates(tmp_path, monke
     assert "search: best of 4" in " ".join(evaluated.stdout.split())  # the title wraps
     assert re.search(r"sum_correct\W+1\.0000", evaluated.stdout), evaluated.stdout
     assert "verified 8/8" in evaluated.stdout
+
+
+def test_the_core_names_no_problem_domain():
+    """t2t/ (code and shipped configs) knows RNA design only through the protocols above: the
+    problem, its search, its metrics and its experiment configs live in problems/."""
+    from .conftest import REPO
+
+    files = [p for p in (REPO / "t2t").rglob("*") if p.suffix in (".py", ".yaml")]
+    assert len(files) > 30
+    naming = [p.relative_to(REPO) for p in files
+              if re.search(r"rna|vienna|nucleotide", p.read_text(), flags=re.IGNORECASE)]
+    assert not naming
