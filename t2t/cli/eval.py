@@ -18,15 +18,16 @@ def evaluate(config: Any) -> None:
     model.to(device)
     index, problem, shards_problem = chosen_problem(config, problems)
     samples = split_samples(config, shards_problem, problems[index])
+    settings = decode_settings(config.decode)
     start = time.perf_counter()
     # The trained problem decodes: its search hooks know what the model learned.
     predictions = decode_in_length_order(model, problems[index], index, samples,
-                                         config.decode.batch_size,
-                                         decode_settings(config.decode))
+                                         config.decode.batch_size, settings)
+    seconds = time.perf_counter() - start
     if config.output_file:
         with open(config.output_file, "w", encoding="utf-8") as f:
             f.writelines(f"{p}\n" for p in predictions)
-    report(problem, config, samples, predictions, time.perf_counter() - start, device)
+    report(problem, config.split, samples, predictions, settings, seconds, device)
 
 
 def chosen_problem(config: Any, problems: list[Any]) -> tuple[int, Any, Any]:
@@ -75,23 +76,21 @@ def decode_in_length_order(model: Any, problem: Any, index: int, samples: list[d
     return [by_position[i] for i in range(len(samples))]
 
 
-def report(problem: Any, config: Any, samples: list[dict[str, Any]], predictions: list[Any],
-           seconds: float, device: Any) -> None:
+def report(problem: Any, split: str, samples: list[dict[str, Any]], predictions: list[Any],
+           settings: dict[str, Any], seconds: float, device: Any) -> None:
     """The metrics table and, for a problem with a verifier, which predictions verify."""
     from rich.table import Table
 
-    from t2t.cli.decode import decode_settings
     from t2t.cli.report import console
     from t2t.inference import default_best_of
     from t2t.metrics import get_metric
     from t2t.problem import Verifier
 
     references = [s.get("references") or problem.targets.decode(s["targets"]) for s in samples]
-    settings = decode_settings(config.decode)
     best_of = default_best_of(problem, settings["best_of"])
     how = (f"search: best of {best_of}, {settings['time_budget_s']} s each" if best_of
            else f"beam {settings['beam_size']}")
-    table = Table(title=f"{problem.name} / {config.split}: {len(samples)} examples, {how}, "
+    table = Table(title=f"{problem.name} / {split}: {len(samples)} examples, {how}, "
                         f"{seconds:.1f} s on {device}")
     table.add_column("metric")
     table.add_column("value", justify="right")
