@@ -4,8 +4,8 @@ Stored in shards as FLAC (lossless, 16-bit, mono) at the modality's `sample_rate
 reads anything soundfile reads (WAV, FLAC, OGG, ...) or takes arrays, mixes down to mono and
 resamples with torchaudio. Data-loader workers decode the FLAC with soundfile. On the device,
 the bottom computes log-mel features (torchaudio's MelSpectrogram), normalises each utterance
-per mel bin over its own frames, applies SpecAugment (FrequencyMasking, TimeMasking) in
-training only, and subsamples time x4 with two strided convolutions to d_model.
+over its own frames (per mel bin, or as a whole), applies SpecAugment (FrequencyMasking,
+TimeMasking) in training only, and subsamples time x4 with two strided convolutions to d_model.
 
 Lengths are exact: the STFT does not pad at the ends (`center=False`), so a frame never
 reads past its utterance, and padding frames are zeroed after every step, so an utterance
@@ -89,6 +89,10 @@ class AudioModality(Modality):
     window_ms/hop_ms: STFT window and hop; num_mels: mel bins; conv_channels: width of the
     two subsampling convolutions; freq_masks x freq_mask_width (mel bins) and time_masks x
     time_mask_width (frames): SpecAugment in training when spec_augment is True.
+    normalize: "bin" scales each mel bin of an utterance to zero mean and unit variance over
+    its frames (speech: every band carries formants); "utterance" does it with one mean and
+    variance for all bins, which keeps the bins' loudness apart: a tone in one bin stands out
+    instead of being scaled to the same variance as the noise in every other bin.
     A run's data.augment.audio settings (see `AudioAugmentation`) and model.bottoms.audio
     settings (`bottom`) add more of training's random changes.
     """
@@ -99,7 +103,7 @@ class AudioModality(Modality):
     def __init__(self, sample_rate: int = 16000, num_mels: int = 80, window_ms: float = 25.0,
                  hop_ms: float = 10.0, conv_channels: int = 32, spec_augment: bool = True,
                  freq_masks: int = 2, freq_mask_width: int = 15, time_masks: int = 2,
-                 time_mask_width: int = 10):
+                 time_mask_width: int = 10, normalize: str = "bin"):
         self.sample_rate, self.num_mels, self.conv_channels = sample_rate, num_mels, conv_channels
         self.window = round(sample_rate * window_ms / 1000)  # samples
         self.hop = round(sample_rate * hop_ms / 1000)
@@ -107,6 +111,10 @@ class AudioModality(Modality):
         if self.hop < 1 or self.window < self.hop:
             raise UserError(f"AudioModality: window_ms={window_ms} and hop_ms={hop_ms} give a "
                             f"window of {self.window} and a hop of {self.hop} samples")
+        if normalize not in NORMALIZE_OVER:
+            raise UserError(f"AudioModality: normalize must be one of {sorted(NORMALIZE_OVER)}, "
+                            f"got {normalize!r}")
+        self.normalize = normalize
         self.spec_augment = dict(freq_masks=freq_masks, freq_mask_width=freq_mask_width,
                                  time_masks=time_masks, time_mask_width=time_mask_width
                                  ) if spec_augment else None
@@ -115,8 +123,9 @@ class AudioModality(Modality):
     def key(self) -> str:
         augment = ("sa{freq_masks}x{freq_mask_width}-{time_masks}x{time_mask_width}"
                    .format(**self.spec_augment) if self.spec_augment else "nosa")
+        normalize = "" if self.normalize == "bin" else f":norm-{self.normalize}"
         return (f"audio:{self.sample_rate}hz:m{self.num_mels}:w{self.window}:h{self.hop}:"
-                f"c{self.conv_channels}:{augment}")
+                f"c{self.conv_channels}:{augment}{normalize}")
 
     def describe(self) -> str:
         return f"audio({self.sample_rate / 1000:g} kHz, {self.num_mels} mels)"
@@ -178,7 +187,8 @@ class AudioModality(Modality):
             raise UserError(f"model.bottoms.audio.freq_warp must be in [0, 0.5), got "
                             f"{freq_warp}")
         return AudioFeatures(self.sample_rate, self.n_fft, self.window, self.hop, self.num_mels,
-                             self.conv_channels, d_model, self.spec_augment, float(freq_warp))
+                             self.conv_channels, d_model, self.spec_augment, float(freq_warp),
+                             self.normalize)
 
 
 class AudioAugmentation:
@@ -219,6 +229,10 @@ class AudioAugmentation:
         return waveform + torch.randn_like(waveform) * rms * 10 ** (-snr_db / 20)
 
 
+# The (B, M, F) feature axes a normalisation's mean and variance are taken over.
+NORMALIZE_OVER = {"bin": (2,), "utterance": (1, 2)}
+
+
 def num_frames(samples: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
     """STFT frames (center=False) that lie wholly inside `samples` samples."""
     return torch.where(samples >= n_fft, (samples - n_fft) // hop + 1, 0)
@@ -234,9 +248,9 @@ class AudioFeatures(nn.Module):
 
     def __init__(self, sample_rate: int, n_fft: int, window: int, hop: int, num_mels: int,
                  channels: int, d_model: int, spec_augment: dict | None,
-                 freq_warp: float = 0.0):
+                 freq_warp: float = 0.0, normalize: str = "bin"):
         super().__init__()
-        self.freq_warp = freq_warp
+        self.freq_warp, self.normalize_over = freq_warp, NORMALIZE_OVER[normalize]
         torchaudio = _torchaudio()
         self.n_fft, self.hop = n_fft, hop
         self.mel = torchaudio.transforms.MelSpectrogram(
@@ -262,10 +276,11 @@ class AudioFeatures(nn.Module):
         lengths = num_frames((~pad_mask).sum(dim=1), self.n_fft, self.hop)  # (B,)
         features = (self.mel(waveforms.float()) + 1e-6).log()  # (B, M, F)
         valid = _valid(lengths, features.shape[2])[:, None, :]  # (B, 1, F)
-        # Per-utterance, per-bin normalisation over the utterance's own frames only.
-        count = lengths.clamp(min=1)[:, None, None]
-        mean = (features * valid).sum(dim=2, keepdim=True) / count
-        var = (((features - mean) * valid) ** 2).sum(dim=2, keepdim=True) / count
+        # Per-utterance normalisation over the utterance's own frames only.
+        dims = self.normalize_over
+        count = lengths.clamp(min=1)[:, None, None] * (features.shape[1] if 1 in dims else 1)
+        mean = (features * valid).sum(dim=dims, keepdim=True) / count
+        var = (((features - mean) * valid) ** 2).sum(dim=dims, keepdim=True) / count
         features = (features - mean) / (var.sqrt() + 1e-5) * valid
         if self.training and self.freq_warp:
             features = warp_frequencies(features, self.freq_warp) * valid

@@ -15,6 +15,7 @@ import numpy as np
 
 from modalities import AudioModality, TextModality
 from t2t import Problem, register_problem
+from t2t.errors import UserError
 
 CODE = {
     "A": ".-", "B": "-...", "C": "-.-.", "D": "-..", "E": ".", "F": "..-.", "G": "--.",
@@ -69,29 +70,45 @@ def synthesize(text: str, rng: random.Random, sample_rate: int, wpm: float, pitc
 
 @register_problem("morse_code")
 class MorseCode(Problem):
-    """Transcribe Morse code audio: letters and digits at varied speed, pitch and noise."""
+    """Transcribe Morse code audio: letters and digits at varied speed, pitch and noise.
+
+    alphabet: the characters keyed (a subset of letters and digits); min/max_pitch_hz: the
+    tone's pitch range (equal: a fixed pitch, an easier task)."""
 
     metrics = ("cer", "exact_match")
     targets_in_input_order = True  # letters in the order keyed
 
     def __init__(self, *, min_chars: int = 1, max_chars: int = 6, min_wpm: float = 18.0,
                  max_wpm: float = 30.0, min_snr_db: float = 5.0, max_snr_db: float = 20.0,
-                 sample_rate: int = 8000, train_size: int = 20_000, eval_size: int = 500,
-                 seed: int = 1):
+                 min_pitch_hz: float = 400.0, max_pitch_hz: float = 900.0,
+                 alphabet: str = ALPHABET, sample_rate: int = 8000, train_size: int = 20_000,
+                 eval_size: int = 500, seed: int = 1):
+        if not alphabet or not set(alphabet) <= set(ALPHABET):
+            raise UserError(f"morse_code: alphabet must be letters A-Z and digits 0-9, got "
+                            f"{alphabet!r}")
+        if not 0 < min_pitch_hz <= max_pitch_hz < sample_rate / 2:
+            raise UserError(f"morse_code: pitches must satisfy 0 < min_pitch_hz <= max_pitch_hz "
+                            f"< sample_rate / 2 ({sample_rate / 2:g}), got {min_pitch_hz} and "
+                            f"{max_pitch_hz}")
+        self.alphabet = "".join(sorted(set(alphabet), key=alphabet.index))
         self.chars, self.wpm = (min_chars, max_chars), (min_wpm, max_wpm)
+        self.pitch_hz = (min_pitch_hz, max_pitch_hz)
         self.snr_db, self.sample_rate, self.seed = (min_snr_db, max_snr_db), sample_rate, seed
         self.sizes = {"train": train_size, "validation": eval_size, "test": eval_size}
-        self.inputs = AudioModality(sample_rate=sample_rate, num_mels=40)
-        self.targets = TextModality(vocab="char", alphabet=ALPHABET + " ")
+        # The tone is one loud mel bin: normalising per bin would scale every noise bin up to
+        # its loudness, and SpecAugment's masks would erase it or a dot, changing the label.
+        self.inputs = AudioModality(sample_rate=sample_rate, num_mels=40, spec_augment=False,
+                                    normalize="utterance")
+        self.targets = TextModality(vocab="char", alphabet=self.alphabet + " ")
 
     def generate_samples(self, split: str) -> Iterator[dict]:
         rng = random.Random(f"morse-{self.seed}-{split}")
         for _ in range(self.sizes[split]):
             length = rng.randint(*self.chars)
-            text = "".join(rng.choice(ALPHABET) for _ in range(length))
+            text = "".join(rng.choice(self.alphabet) for _ in range(length))
             if length > 3 and rng.random() < 0.5:  # sometimes two words
                 cut = rng.randint(1, length - 1)
                 text = f"{text[:cut]} {text[cut:]}"
             audio = synthesize(text, rng, self.sample_rate, rng.uniform(*self.wpm),
-                               rng.uniform(400, 900), rng.uniform(*self.snr_db))
+                               rng.uniform(*self.pitch_hz), rng.uniform(*self.snr_db))
             yield {"inputs": (audio, self.sample_rate), "targets": text}

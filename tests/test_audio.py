@@ -7,6 +7,7 @@ import io
 import json
 import math
 import random
+import string
 from pathlib import Path
 
 import numpy as np
@@ -180,10 +181,44 @@ def test_frequency_warp_moves_a_formant_by_at_most_the_warp_and_only_in_training
         modality.bottom(32, freq_warp=0.7)
 
 
+def test_utterance_normalisation_keeps_a_tone_louder_than_the_noise_bins():
+    """Per bin, a keyed tone's bin and a noise bin both get unit variance; normalising the
+    utterance as a whole keeps the tone's bin apart (what Morse code needs)."""
+    rate = 8000
+    keyed = np.repeat(np.arange(20) % 2, rate // 20).astype(np.float32)  # 50 ms on, 50 off
+    wave = tone(1.0, rate, pitch=600.0) * keyed
+    wave += np.random.default_rng(3).standard_normal(len(wave)).astype(np.float32) * 0.005
+    spread = {}
+    for normalize in ("bin", "utterance"):
+        modality = AudioModality(sample_rate=rate, num_mels=40, spec_augment=False,
+                                 normalize=normalize)
+        bottom = modality.bottom(32).eval()
+        captured: list[torch.Tensor] = []
+        bottom.conv1.register_forward_hook(lambda _m, args, _o, into=captured:
+                                           into.append(args[0]))
+        bottom(*modality.collate([torch.from_numpy(wave)]))
+        features = captured[0][0, 0].T  # (M, F): the normalised log-mels the convolutions read
+        spread[normalize] = features.std(dim=1, unbiased=False)
+        if normalize == "utterance":  # zero mean and unit variance over all bins and frames
+            assert abs(float(features.mean())) < 1e-4
+            assert abs(float(features.std(unbiased=False)) - 1) < 1e-3
+    # Per bin every bin's spread is 1: the tone's bin is one of 40 alike.
+    assert torch.allclose(spread["bin"], torch.ones(40), atol=0.01)
+    # As a whole, the tone's bin (600 Hz) moves most, several times as much as a typical bin.
+    assert 10 <= int(spread["utterance"].argmax()) <= 14
+    assert spread["utterance"].max() > 2.5 * spread["utterance"].median()
+
+
 def test_modality_key_names_what_shapes_the_weights():
     assert AudioModality().key == AudioModality().key
     assert AudioModality(num_mels=40).key != AudioModality().key
     assert AudioModality(sample_rate=8000).key != AudioModality().key
+    assert AudioModality(normalize="utterance").key != AudioModality().key
+
+
+def test_unknown_normalisation_is_a_user_error_listing_the_choices():
+    with pytest.raises(UserError, match=r"normalize must be one of \['bin', 'utterance'\]"):
+        AudioModality(normalize="global")
 
 
 def test_bad_window_is_a_user_error():
@@ -399,6 +434,33 @@ def test_morse_samples_are_deterministic_and_use_the_alphabet():
         text, (audio, rate) = sample["targets"], sample["inputs"]
         assert set(text) <= set(CODE) | {" "} and 1 <= len(text.replace(" ", "")) <= 6
         assert audio.dtype == np.float32 and rate == 8000 and np.abs(audio).max() <= 1
+
+
+def test_morse_alphabet_and_pitch_options_shape_the_samples():
+    problem = MorseCode(alphabet="ETAN", min_pitch_hz=700, max_pitch_hz=700, eval_size=20,
+                        min_snr_db=40, max_snr_db=40)
+    assert problem.alphabet == "ETAN"
+    for sample in problem.generate_samples("validation"):
+        assert set(sample["targets"]) <= set("ETAN ")
+        audio, rate = sample["inputs"]
+        spectrum = np.abs(np.fft.rfft(audio))
+        assert abs(np.argmax(spectrum) * rate / len(audio) - 700) <= 5
+    # The defaults draw the same samples as before these options existed.
+    assert [s["targets"] for s in MorseCode(eval_size=3).generate_samples("test")] == [
+        s["targets"] for s in MorseCode(alphabet=string.ascii_uppercase + string.digits,
+                                        eval_size=3).generate_samples("test")]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"alphabet": ""}, "alphabet must be letters A-Z and digits"),
+    ({"alphabet": "ab"}, "alphabet must be letters A-Z and digits"),
+    ({"alphabet": "E?"}, "alphabet must be letters A-Z and digits"),
+    ({"min_pitch_hz": 900, "max_pitch_hz": 400}, "min_pitch_hz <= max_pitch_hz"),
+    ({"max_pitch_hz": 5000}, r"< sample_rate / 2 \(4000\)"),
+])
+def test_morse_options_outside_the_code_or_the_band_are_user_errors(options, message):
+    with pytest.raises(UserError, match=f"morse_code: .*{message}"):
+        MorseCode(**options)
 
 
 @pytest.mark.parametrize("text, wpm, pitch", [("PARIS", 20, 600), ("SOS 73", 28, 450)])
