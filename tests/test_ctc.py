@@ -45,8 +45,9 @@ def test_ctc_weight_mixes_the_two_losses():
         ctc, _ = module.loss(batch, 0.0, ctc_weight=1.0)
         mixed, _ = module.loss(batch, 0.0, ctc_weight=0.25)
         memory, pad = module.model.encode(0, batch["inputs"], batch["inputs_pad"])
-        log_probs = module.model.encoder_logits(0, memory).log_softmax(-1)
-        expected = F.ctc_loss(log_probs.transpose(0, 1), batch["targets"], (~pad).sum(1),
+        # Over the inputs' positions, not the problem token in front of them.
+        log_probs = module.model.encoder_logits(0, memory[:, 1:]).log_softmax(-1)
+        expected = F.ctc_loss(log_probs.transpose(0, 1), batch["targets"], (~pad[:, 1:]).sum(1),
                               (batch["targets"] != 0).sum(1), blank=0)
     assert torch.allclose(ctc, expected, atol=1e-5)
     assert not torch.allclose(attention, ctc)
