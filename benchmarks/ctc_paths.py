@@ -25,9 +25,9 @@ def ctc_paths(model, index: int, loaded: list[torch.Tensor], collate) -> list[li
     """Per input, the argmax id at each of its own positions (the problem token excluded)."""
     inputs, pad = collate(loaded)
     with torch.no_grad():
-        memory, memory_pad = model.encode(index, inputs, pad)
-        best = model.encoder_logits(index, memory[:, 1:]).argmax(-1)
-    return [row[~row_pad].tolist() for row, row_pad in zip(best, memory_pad[:, 1:], strict=True)]
+        logits, inputs_pad = model.encoder_logits(index, *model.encode(index, inputs, pad))
+    best = logits.argmax(-1)
+    return [row[~row_pad].tolist() for row, row_pad in zip(best, inputs_pad, strict=True)]
 
 
 def collapse(path: list[int]) -> list[int]:

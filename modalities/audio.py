@@ -278,7 +278,7 @@ class AudioFeatures(nn.Module):
         valid = _valid(lengths, features.shape[2])[:, None, :]  # (B, 1, F)
         # Per-utterance normalisation over the utterance's own frames only.
         dims = self.normalize_over
-        count = lengths.clamp(min=1)[:, None, None] * (features.shape[1] if 1 in dims else 1)
+        count = valid.expand_as(features).sum(dim=dims, keepdim=True).clamp(min=1)
         mean = (features * valid).sum(dim=dims, keepdim=True) / count
         var = (((features - mean) * valid) ** 2).sum(dim=dims, keepdim=True) / count
         features = (features - mean) / (var.sqrt() + 1e-5) * valid

@@ -90,7 +90,7 @@ class MorseCode(Problem):
             raise UserError(f"morse_code: pitches must satisfy 0 < min_pitch_hz <= max_pitch_hz "
                             f"< sample_rate / 2 ({sample_rate / 2:g}), got {min_pitch_hz} and "
                             f"{max_pitch_hz}")
-        self.alphabet = "".join(sorted(set(alphabet), key=alphabet.index))
+        self.alphabet = "".join(dict.fromkeys(alphabet))  # each character once, in order
         self.chars, self.wpm = (min_chars, max_chars), (min_wpm, max_wpm)
         self.pitch_hz = (min_pitch_hz, max_pitch_hz)
         self.snr_db, self.sample_rate, self.seed = (min_snr_db, max_snr_db), sample_rate, seed

@@ -135,11 +135,8 @@ class T2TLitModule(L.LightningModule):
             if packing:
                 raise UserError("optim.ctc_weight needs unpacked batches: use data.packed_length=0 "
                                 "(or optim.ctc_weight=0)")
-            # The inputs' positions only: at the problem token in front, which attends to
-            # all of them, CTC finds a shortcut (emit a short target there, blanks after) that
-            # teaches no alignment.
-            inputs_memory, inputs_pad = memory[:, 1:], memory_pad[:, 1:]
-            log_probs = self.model.encoder_logits(problem, inputs_memory).float().log_softmax(-1)
+            logits, inputs_pad = self.model.encoder_logits(problem, memory, memory_pad)
+            log_probs = logits.float().log_softmax(-1)
             ctc = F.ctc_loss(log_probs.transpose(0, 1), batch["targets"],
                              (~inputs_pad).sum(dim=1), (batch["targets"] != PAD).sum(dim=1),
                              blank=PAD, zero_infinity=True)  # inputs too short to align: 0

@@ -586,11 +586,15 @@ class T2TModel(nn.Module):
         the loss passes only the positions that have a label."""
         return self.tops[self.keys[problem][1]](hidden)
 
-    def encoder_logits(self, problem: int, memory: Tensor) -> Tensor:
-        """Target-vocabulary logits (B, S+1, V) at every encoder position, through the same
-        top as the decoder: the CTC auxiliary loss reads them, with PAD (id 0, whose tied
-        logit stays 0) as the CTC blank. No extra parameters."""
-        return self.tops[self.keys[problem][1]](memory)
+    def encoder_logits(self, problem: int, memory: Tensor, memory_pad: Tensor
+                       ) -> tuple[Tensor, Tensor]:
+        """Target-vocabulary logits (B, S, V) at the inputs' encoder positions and their (B, S)
+        padding mask, through the same top as the decoder: the CTC auxiliary loss reads them,
+        with PAD (id 0, whose tied logit stays 0) as the CTC blank. No extra parameters.
+        The problem token in front is left out: it attends to the whole input, and CTC there
+        finds a shortcut (a short target at that one position, blanks after) that teaches
+        no alignment."""
+        return self.tops[self.keys[problem][1]](memory[:, 1:]), memory_pad[:, 1:]
 
     def decoder(self, problem: int) -> IncrementalModel:
         return IncrementalModel(self, problem)

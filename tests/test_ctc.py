@@ -45,10 +45,12 @@ def test_ctc_weight_mixes_the_two_losses():
         ctc, _ = module.loss(batch, 0.0, ctc_weight=1.0)
         mixed, _ = module.loss(batch, 0.0, ctc_weight=0.25)
         memory, pad = module.model.encode(0, batch["inputs"], batch["inputs_pad"])
+        logits, inputs_pad = module.model.encoder_logits(0, memory, pad)
         # Over the inputs' positions, not the problem token in front of them.
-        log_probs = module.model.encoder_logits(0, memory[:, 1:]).log_softmax(-1)
-        expected = F.ctc_loss(log_probs.transpose(0, 1), batch["targets"], (~pad[:, 1:]).sum(1),
-                              (batch["targets"] != 0).sum(1), blank=0)
+        assert logits.shape[1] == inputs_pad.shape[1] == batch["inputs_pad"].shape[1]
+        assert torch.equal(inputs_pad, pad[:, 1:])
+        expected = F.ctc_loss(logits.log_softmax(-1).transpose(0, 1), batch["targets"],
+                              (~inputs_pad).sum(1), (batch["targets"] != 0).sum(1), blank=0)
     assert torch.allclose(ctc, expected, atol=1e-5)
     assert not torch.allclose(attention, ctc)
     assert torch.allclose(mixed, 0.75 * attention + 0.25 * ctc, atol=1e-5)
