@@ -4,8 +4,9 @@ Issue 30 moved the CTC weight, the image stem and the data augmentations out of 
 problems' options into model and training config. For every experiment config this test
 trains 3 steps (small data, the experiment's own model) and compares with what the same
 command measured before the move, recorded in `experiments_before.json` (re-recorded since
-for the experiments two intended changes touch: Morse's features normalised per utterance,
-and the CTC loss no longer reading the problem token's position):
+for the experiments intended changes touch: Morse's features normalised per utterance,
+the CTC loss no longer reading the problem token's position, and the quickstart's shorter
+members and wider body):
   - the same shards: the sha256 of every shard, and of every vocabulary file;
   - the same model: every parameter's shape and values after the 3 steps;
   - the same training: the loss of each of the 3 steps.
