@@ -130,8 +130,10 @@ def measure_seed(seed: int, members: list[dict], experiment: str, args, scores: 
 
     joint_ckpt = root / "joint" / "checkpoints" / "last.ckpt"
     if any((seed, m["name"], "joint") not in scores for m in members):
+        # The members as composed, with the local raw_dirs filled in.
         train(experiment, root / "joint", seed, args.steps, args,
-              [f"record_samples={root / 'joint' / 'batches'}"])
+              [f"problem.members={override_value(members)}",
+               f"record_samples={root / 'joint' / 'batches'}"])
     shares = steps_per_member(root / "joint" / "batches")
     for index, member in enumerate(members):
         if (seed, member["name"], "joint") not in scores:
