@@ -61,6 +61,9 @@ class ModelConfig:
 PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(d_model=64, num_heads=4, num_encoder_layers=2, num_decoder_layers=2,
                         d_ff=256, dropout=0.0),
+    # The quickstart's: tiny learns Morse too slowly for the quickstart's minutes.
+    "mini": ModelConfig(d_model=128, num_heads=4, num_encoder_layers=3, num_decoder_layers=3,
+                        d_ff=512, dropout=0.0),
     "small": ModelConfig(d_model=256, num_heads=4, num_encoder_layers=3, num_decoder_layers=3,
                          d_ff=1024, dropout=0.1),
     "base": ModelConfig(),

@@ -43,7 +43,8 @@ def test_model_yaml_lists_each_bottoms_settings_with_its_defaults():
     from modalities import AudioModality, ImageModality
 
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        bottoms = hydra.utils.instantiate(compose("train").model).bottoms
+        # tiny: the default bottoms settings (mini, the quickstart's, adds an image stem)
+        bottoms = hydra.utils.instantiate(compose("train", overrides=["model=tiny"]).model).bottoms
     for kind, modality in (("image", ImageModality), ("audio", AudioModality)):
         parameters = inspect.signature(modality.bottom).parameters.values()
         assert bottoms[kind] == {p.name: p.default for p in parameters
