@@ -29,7 +29,6 @@ import collections
 import json
 import statistics
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
@@ -206,4 +205,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
