@@ -20,6 +20,7 @@ this process's own, then restores the problem's vocabularies from it.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import hashlib
 import inspect
 import io
@@ -272,11 +273,17 @@ def _opened_shards(shards: Iterable[dict]) -> Iterator[dict]:
                                         f"there again") from None
             _check_sha256(url, hashlib.sha256(data).hexdigest(), shard["sha256"],
                           "copy the problem's shards there again")
-            yield {"url": url, "stream": io.BytesIO(data)}
+            yield {"url": url, "stream": _uncompressed(url, io.BytesIO(data))}
         else:
             verify_shard(url, shard["sha256"])
             with open(url, "rb") as stream:
-                yield {"url": url, "stream": stream}
+                yield {"url": url, "stream": _uncompressed(url, stream)}
+
+
+def _uncompressed(url: str, stream: Any) -> Any:
+    # tarfile would decompress a .tar.gz itself, in small pieces: 2.5x slower than gzip's
+    # reader on shards of small samples.
+    return gzip.GzipFile(fileobj=stream, mode="rb") if url.endswith(".gz") else stream
 
 
 def _fields(samples: Iterable[dict]) -> Iterator[dict[str, Any]]:
