@@ -237,20 +237,23 @@ class PlannedBatches(IterableDataset):
         # Filler batches (None, see `equalize`) repeat the plan's first batch at zero weight.
         filler = {int(i) for i in plan[0]} if any(b is None for b in mine) else set()
         needed = filler | {int(i) for b in mine if b is not None for i in b}
-        # A window's batches may come in any order: load the samples they need, in reading
-        # order, and emit each batch once all of its samples are in.
+        # A window's batches may come in any order: read the samples they need, in reading
+        # order, and emit each batch once all of its samples are in. Samples are decoded (and
+        # augmented) as their batch is made, not as they are read: the first batch of a
+        # window waits for the window's bytes only, and decoding is spread over its batches.
         starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]])
-        loaded: dict[int, dict] = {}
+        stored: dict[int, dict] = {}
         samples = self._read(self.rank_shards(epoch), starts, needed)
         for batch in mine:
             indices = batch if batch is not None else plan[0]
-            while any(int(i) not in loaded for i in indices):
-                index, sample = next(samples)
-                loaded[index] = sample
-            yield self._collate([loaded[int(i)] for i in indices], weight=float(batch is not None))
+            while any(int(i) not in stored for i in indices):
+                index, raw = next(samples)
+                stored[index] = raw
+            yield self._collate([self._load(stored[int(i)]) for i in indices],
+                                weight=float(batch is not None))
             for i in batch if batch is not None else ():
                 if int(i) not in filler:
-                    loaded.pop(int(i), None)
+                    stored.pop(int(i), None)
 
     def rank_shards(self, epoch: int) -> list[int]:
         order = rank_order(self.counts, epoch, self.world, self.rank, self.settings)
@@ -266,12 +269,16 @@ class PlannedBatches(IterableDataset):
             range(starts[i], starts[i] + self.counts[i]) for i in shard_ids)
         for index, raw in zip(offsets, stream, strict=True):
             if index in needed:
-                sample = {"key": raw["key"], "references": raw.get("references"),
-                          **{r: getattr(self.problem, r).load(raw[r], augment=self.augment.get(r))
-                             for r in ROLES}}
-                if self.keep_stored_inputs:
-                    sample["stored_inputs"] = raw["inputs"]
-                yield index, sample
+                yield index, raw
+
+    def _load(self, raw: dict) -> dict:
+        """A stored sample's values, decoded (and augmented in training)."""
+        sample = {"key": raw["key"], "references": raw.get("references"),
+                  **{r: getattr(self.problem, r).load(raw[r], augment=self.augment.get(r))
+                     for r in ROLES}}
+        if self.keep_stored_inputs:
+            sample["stored_inputs"] = raw["inputs"]
+        return sample
 
     def _collate(self, samples: list[dict], weight: float) -> dict[str, Any]:
         batch = {"problem": self.problem_index, "keys": [s["key"] for s in samples],
