@@ -801,3 +801,22 @@ def test_train_then_decode_one_image(tmp_path, mnist_dir):
                             f"data_dir={tmp_path / 'data'}", cwd=tmp_path, timeout=120)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert "test: 20 examples" in evaluated.stdout and "exact_match" in evaluated.stdout
+
+
+def test_augmentation_moves_an_image_by_a_few_pixels_at_most():
+    # RandomAffine's ranges: translation up to 3% of the width and 8% of the height, a
+    # rotation, shear and scale about the centre, which leave a central mark in place. A
+    # light mark on a dark ground: what the map uncovers is filled with black.
+    from modalities.image import ImageAugmentation
+
+    image = torch.full((1, 32, 88), 10, dtype=torch.uint8)
+    image[0, 12:20, 40:48] = 230
+    torch.manual_seed(0)
+    centres = []
+    for _ in range(40):
+        mark = ImageAugmentation()(image)[0] > 120
+        ys, xs = mark.nonzero(as_tuple=True)
+        centres.append((float(xs.float().mean()) - 43.5, float(ys.float().mean()) - 15.5))
+    assert max(abs(x) for x, _ in centres) <= 0.03 * 88 + 1
+    assert max(abs(y) for _, y in centres) <= 0.08 * 32 + 1
+    assert len({(round(x), round(y)) for x, y in centres}) > 5  # it does move
