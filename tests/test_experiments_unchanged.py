@@ -5,8 +5,9 @@ problems' options into model and training config. For every experiment config th
 trains 3 steps (small data, the experiment's own model) and compares with what the same
 command measured before the move, recorded in `experiments_before.json` (re-recorded since
 for the experiments intended changes touch: Morse's features normalised per utterance,
-the CTC loss no longer reading the problem token's position, and the quickstart's shorter
-members and wider body):
+the CTC loss no longer reading the problem token's position, the quickstart's shorter
+members and wider body, and augmentation drawn in another order, as batches are made, and by
+hand for images):
   - the same shards: the sha256 of every shard, and of every vocabulary file;
   - the same model: every parameter's shape and values after the 3 steps;
   - the same training: the loss of each of the 3 steps.
