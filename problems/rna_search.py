@@ -10,6 +10,14 @@
   worse (base-pair distance, then the free-energy gap between the target and the MFE
   structure); restart from a fresh targeted design when stuck; stop when solved or at the
   deadline.
+- `ensemble_search`: refinement by the ensemble. Its objective is the target's ensemble free
+  energy gap, E(target) - G(ensemble) = -kT ln P(target), from ViennaRNA's partition function;
+  every evaluated design's MFE structure is checked against the target. It keeps a frontier
+  of the best designs (a parent drawn by a Boltzmann weight on its gap), draws positions in
+  proportion to their ensemble defect, and mutates them with structured moves (a pair alone
+  or with a stacked neighbour, a loop base alone or with the pair that closes it), loop bases
+  drawn with loop rules; sequences already evaluated are not evaluated again (after SAMFEO,
+  Zhou et al. 2023, and NEMO's loop rules, Portela 2018).
 - `random_design`: a random sequence that fits the target's pairs and the constraint.
 """
 
@@ -19,6 +27,9 @@ import math
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
 
 from modalities.rna import IUPAC, PAIRS, pair_table
 
@@ -206,3 +217,133 @@ def inverse_fold_restarts(structure: str, deadline: float, rng: random.Random,
         if distance == 0:
             break
     return best
+
+
+@dataclass
+class _Design:
+    sequence: str
+    gap: float  # E(target) - G(ensemble), kcal/mol: -kT ln P(target)
+    distance: int  # base-pair distance between the MFE structure and the target
+    weights: np.ndarray  # per position: its ensemble defect, plus MFE_MISS if the MFE misses it
+
+
+MFE_MISS = 0.5  # extra position weight where the MFE structure differs from the target: a
+# near-tie can leave every ensemble defect small while the MFE structure is still wrong
+
+
+def _ensemble_evaluate(structure: str, partner: np.ndarray, sequence: str) -> _Design:
+    import RNA
+
+    compound = RNA.fold_compound(sequence)
+    folded, mfe = compound.mfe()
+    distance = RNA.bp_distance(structure, folded)
+    compound.exp_params_rescale(mfe)  # keeps the partition function in range for long RNAs
+    _, ensemble = compound.pf()
+    gap = compound.eval_structure(structure) - ensemble
+    probs = np.array(compound.bpp())[1:, 1:]
+    probs = probs + probs.T
+    positions = np.arange(len(sequence))
+    as_target = np.where(partner >= 0, probs[positions, partner], 1.0 - probs.sum(1))
+    missed = np.array(pair_table(folded)) != partner
+    return _Design(sequence, gap, distance, np.clip(1.0 - as_target, 0.0, 1.0) + MFE_MISS * missed)
+
+
+def loop_preferences(partner: list[int]) -> dict[int, str]:
+    """Loop bases that Eterna players (and NEMO) favour beside a pair: a G-A first mismatch in
+    hairpins of four or more, G-G across a 1x1 internal loop."""
+    preferred = {}
+    for i, j in enumerate(partner):
+        if j <= i:
+            continue
+        inner = [k for k in range(i + 1, j) if partner[k] >= 0]
+        if not inner and j - i > 4:  # hairpin
+            preferred[i + 1], preferred[j - 1] = "G", "A"
+        elif (i + 2 < j - 2 and partner[i + 2] == j - 2 and partner[i + 1] < 0
+              and partner[j - 1] < 0):  # a 1x1 internal loop closed by (i, j)
+            preferred[i + 1] = preferred[j - 1] = "G"
+    return preferred
+
+
+def _structured_move(sequence: list[str], i: int, partner: list[int],
+                     options: list[list[tuple[str, ...]]], preferred: dict[int, str],
+                     rng: random.Random) -> None:
+    """Redraw position i (a pair as a pair), and half the time its neighbour: for a pair, a
+    pair stacked on it; for a loop base, the pair beside it."""
+    def redraw(k: int) -> None:
+        if partner[k] < 0:
+            if k in preferred and rng.random() < 0.5 and (preferred[k],) in options[k]:
+                sequence[k] = preferred[k]
+            else:
+                sequence[k] = rng.choice(options[k])[0]
+        else:
+            low, high = sorted((k, partner[k]))
+            sequence[low], sequence[high] = rng.choice(options[low])
+
+    redraw(i)
+    if rng.random() < 0.5:
+        if partner[i] >= 0:
+            low, high = sorted((i, partner[i]))
+            stacked = [a for a, b in ((low - 1, high + 1), (low + 1, high - 1))
+                       if 0 <= a and b < len(partner) and partner[a] == b]
+        else:
+            stacked = [k for k in (i - 1, i + 1) if 0 <= k < len(partner) and partner[k] >= 0]
+        if stacked:
+            redraw(rng.choice(stacked))
+
+
+def ensemble_search(structure: str, constraint: str, starts: Sequence[str], deadline: float,
+                    rng: random.Random, frontier_size: int = 8, temperature: float = 1.0,
+                    max_steps: int | None = None) -> str:
+    """Best design found by the deadline (time.monotonic()); returns at once when one folds
+    into the target. The frontier starts from `starts` and targeted designs with random pair
+    orientations; each step draws a parent (weight exp(-(gap - best gap) / temperature)), a
+    position by its weight, and a structured move there, skipping sequences already seen.
+    The answer is the design whose MFE structure is closest to the target (then by gap)."""
+    partner_list = pair_table(structure)
+    partner = np.array(partner_list)
+    options = _choices(partner_list, constraint)
+    preferred = loop_preferences(partner_list)
+    seen: set[str] = set()
+    frontier: list[_Design] = []
+    best: _Design | None = None
+    steps_left = math.inf if max_steps is None else max_steps
+
+    def consider(sequence: str) -> bool:
+        """Evaluate a new sequence into the frontier; True once one folds into the target."""
+        nonlocal best, steps_left
+        seen.add(sequence)
+        steps_left -= 1
+        design = _ensemble_evaluate(structure, partner, sequence)
+        if best is None or (design.distance, design.gap) < (best.distance, best.gap):
+            best = design
+        frontier.append(design)
+        frontier.sort(key=lambda d: d.gap)
+        del frontier[frontier_size:]
+        return design.distance == 0
+
+    def out_of_budget() -> bool:
+        return steps_left <= 0 or time.monotonic() >= deadline
+
+    pending = list(starts)
+    for _ in range(4 * frontier_size):  # targeted designs repeat on structures with few pairs
+        if len(frontier) >= frontier_size or (frontier and out_of_budget()):
+            break
+        start = pending.pop(0) if pending else targeted_design(structure, constraint, rng)
+        if start not in seen and consider(start):
+            return start
+    while not out_of_budget():
+        gaps = np.array([d.gap for d in frontier])
+        parent = frontier[rng.choices(range(len(frontier)),
+                                      weights=np.exp(-(gaps - gaps[0]) / temperature))[0]]
+        for _ in range(20):  # a few tries at a sequence not seen before
+            trial = list(parent.sequence)
+            position = rng.choices(range(len(trial)), weights=parent.weights + 1e-3)[0]
+            _structured_move(trial, position, partner_list, options, preferred, rng)
+            sequence = "".join(trial)
+            if sequence not in seen:
+                break
+        else:
+            continue
+        if consider(sequence):
+            return sequence
+    return best.sequence

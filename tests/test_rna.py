@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import itertools
 import json
+import math
 import random
 import time
 from pathlib import Path
@@ -39,8 +40,10 @@ from problems.rna_design import (
 )
 from problems.rna_search import (
     adaptive_walk,
+    ensemble_search,
     fold,
     inverse_fold_restarts,
+    loop_preferences,
     random_design,
     score,
     targeted_design,
@@ -271,6 +274,59 @@ def test_adaptive_walk_takes_turns_and_retires_stuck_walks(monkeypatch):
     fresh = targeted_design(structure, "N" * len(structure), random.Random(0))
     a, b, c = starts
     assert turns[:12] == [a, a, b, b, a, b, c, c, fresh, fresh, c, fresh]
+
+
+# Eterna100 #67 "Simple Single Bond": a lone pair closing a loop around a hairpin.
+SINGLE_BOND = "......(......((((.....))))......)......................"
+
+
+def test_ensemble_search_solves_small_targets_and_respects_constraints():
+    rng = random.Random(0)
+    for structure in ["(((((......)))))", "((((((.((((....))))))).)))..........",
+                      "..((((....))))((((....))))((((...))))"]:
+        constraint = "N" * (len(structure) - 1) + "C"
+        design = ensemble_search(structure, constraint, [], time.monotonic() + 20, rng)
+        assert fold(design)[0] == structure and design.endswith("C")
+
+
+def test_ensemble_search_solves_a_lone_pair_the_walk_does_not():
+    """The reason the ensemble objective is there: on Eterna100 #67 the MFE walk's steps all
+    tie (the lone pair never forms, whatever one mutation does), while the target's share of
+    the ensemble still says which mutations bring it closer. Both searches get the same
+    number of folds and are deterministic per seed."""
+    free = "N" * len(SINGLE_BOND)
+    ensemble = ensemble_search(SINGLE_BOND, free, [], math.inf, random.Random(0),
+                               max_steps=3000)
+    walked = adaptive_walk(SINGLE_BOND, free, [], math.inf, random.Random(0), max_steps=3000)
+    assert fold(ensemble)[0] == SINGLE_BOND
+    assert fold(walked)[0] != SINGLE_BOND
+
+
+def test_ensemble_search_never_evaluates_a_sequence_twice_and_starts_from_its_starts(
+        monkeypatch):
+    evaluated = []
+    original = rna_search._ensemble_evaluate
+
+    def recording(structure, partner, sequence):
+        evaluated.append(sequence)
+        return original(structure, partner, sequence)
+
+    monkeypatch.setattr(rna_search, "_ensemble_evaluate", recording)
+    structure = "(((....)))(((....)))(((....)))"  # the targeted design misfolds it
+    start = "A" * len(structure)  # folds into nothing
+    design = ensemble_search(structure, "N" * len(structure), [start], math.inf,
+                             random.Random(0), max_steps=300)
+    assert evaluated[0] == start
+    assert len(evaluated) == len(set(evaluated)) <= 300
+    assert design in evaluated
+
+
+def test_loop_preferences_boost_hairpins_and_one_by_one_loops():
+    #            0123456789012345678
+    structure = "((.((......)).))..."
+    preferred = loop_preferences(pair_table(structure))
+    assert preferred == {5: "G", 10: "A", 2: "G", 13: "G"}
+    assert loop_preferences(pair_table("((...))")) == {}  # a triloop gets no boost
 
 
 def test_random_design_fits_pairs_and_constraint():
