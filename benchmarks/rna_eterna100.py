@@ -7,8 +7,11 @@
 
     python benchmarks/rna_eterna100.py --budget 60 [--ckpt RUN/checkpoints/last.ckpt |
         --train-minutes 60] [--version v2] [--seeds 3] [--workers 2]
-        [--limit N | --puzzles 50,57] [--best-of 64]
+        [--limit N | --puzzles 50,57] [--best-of 64] [--refinement walk_then_ensemble]
 
+--refinement picks how (a) and (b) refine designs (problems/rna_search.py REFINEMENTS; the
+problem's own by default); rows other than the adaptive walk's are labelled
+method:refinement.
 Each puzzle runs in its own process, stopped at the budget (RNA.inverse_fold cannot be
 interrupted otherwise); `--workers` puzzles run at once, one per core. Results go to
 --results (one JSON line per method, seed and puzzle) and a re-run skips what is there, so an
@@ -88,10 +91,11 @@ def judge(structure: str, sequence: str | None) -> tuple[bool, float]:
 
 
 def job(args: tuple) -> dict:
-    method, seed, puzzle, budget = args
+    label, seed, puzzle, budget = args
+    method = label.partition(":")[0]
     sequence, seconds = solve(method, puzzle["structure"], budget, seed)
     solved, distance = judge(puzzle["structure"], sequence)
-    return {"method": method, "seed": seed, "id": puzzle["id"], "name": puzzle["name"],
+    return {"method": label, "seed": seed, "id": puzzle["id"], "name": puzzle["name"],
             "length": len(puzzle["structure"]), "design": sequence, "solved": solved,
             "distance": distance, "seconds": round(seconds, 2)}
 
@@ -106,6 +110,7 @@ def main() -> None:
     import RNA
 
     from problems.rna_design import RnaEterna100
+    from problems.rna_search import REFINEMENTS
     from t2t.inference import load_checkpoint, select_problem
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -122,6 +127,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--best-of", type=int, default=64,
                         help="method (a): samples drawn at most, within a quarter of the budget")
+    parser.add_argument("--refinement", choices=sorted(REFINEMENTS),
+                        default=RnaEterna100.refinement)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--limit", type=int, default=None, help="only the first N puzzles")
     parser.add_argument("--puzzles", default=None,
@@ -140,7 +147,7 @@ def main() -> None:
                              f"{args.version} (ids are 1 to {len(every_puzzle)})")
         puzzles = [p for p in puzzles if p["id"] in wanted]
     methods = args.methods.split(",")
-    _searchers["search"] = (None, target)
+    target.refinement = args.refinement
     _best_of[0] = args.best_of
     if "model" in methods:
         checkpoint = Path(args.ckpt) if args.ckpt else train(args.train_minutes, args.run_dir,
@@ -148,6 +155,11 @@ def main() -> None:
         model, trained = load_checkpoint(checkpoint)
         _searchers["model"] = (model, trained[select_problem(trained, target.name, checkpoint,
                                                              target)])
+        _searchers["model"][1].refinement = args.refinement
+    _searchers["search"] = (None, target)
+    # Rows of the adaptive walk, the first refinement, carry the bare method name.
+    labels = [m if m == "inverse" or args.refinement == "walk" else f"{m}:{args.refinement}"
+              for m in methods]
 
     results_path = Path(args.results)
     results_path.parent.mkdir(parents=True, exist_ok=True)
@@ -156,7 +168,7 @@ def main() -> None:
         for line in results_path.read_text().splitlines():
             record = json.loads(line)
             done[(record["method"], record["seed"], record["id"])] = record
-    todo = [(m, s, p, args.budget) for m in methods for s in range(args.seeds) for p in puzzles
+    todo = [(m, s, p, args.budget) for m in labels for s in range(args.seeds) for p in puzzles
             if (m, s, p["id"]) not in done]
     print(f"{len(puzzles)} puzzles x {len(methods)} methods x {args.seeds} seeds, "
           f"{args.budget:g} s each, {args.workers} at once; {len(done)} done, {len(todo)} to go",
@@ -181,7 +193,7 @@ def main() -> None:
     print("| method | solved (mean +- sd over seeds) | per seed | mean structure distance | "
           "CPU-seconds |")
     print("|---|---|---|---|---|")
-    for method in methods:
+    for method in labels:
         per_seed, distances, seconds = [], [], 0.0
         for seed in range(args.seeds):
             records = [r for (m, s, i), r in done.items() if m == method and s == seed

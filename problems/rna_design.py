@@ -50,6 +50,7 @@ from modalities.rna import (
     parse_design_input,
 )
 from problems.rna_search import (
+    REFINEMENTS,
     adaptive_walk,
     fold,
     random_design,
@@ -136,6 +137,9 @@ class RnaDesignBase(Problem):
     inputs = StructureModality()
     targets = NucleotideModality()
     metrics = ("solved", "structure_distance")
+    # How `refine` searches, a key of rna_search.REFINEMENTS. Not an option: it changes no
+    # data, and options are part of the shards' fingerprint (benchmarks set it to compare).
+    refinement = "walk"
 
     def verify(self, inputs: Any, prediction: str) -> float:
         structure, constraint = parse_design_input(inputs)
@@ -158,10 +162,11 @@ class RnaDesignBase(Problem):
 
     def refine(self, inputs: Any, candidates: list[str], deadline: float, *,
                seed: int = 0) -> str:
-        """The adaptive walk from the candidates (best-scored first, as `search` orders
-        them), then from fresh targeted designs."""
+        """The problem's refinement (rna_search.REFINEMENTS) from the candidates (best-scored
+        first, as `search` orders them), then from fresh targeted designs."""
         structure, constraint = parse_design_input(inputs)
-        return adaptive_walk(structure, constraint, candidates, deadline, random.Random(seed))
+        return REFINEMENTS[self.refinement](structure, constraint, candidates, deadline,
+                                            random.Random(seed))
 
     def format_prediction(self, inputs: Any, prediction: str) -> str:
         structure, _ = parse_design_input(inputs)

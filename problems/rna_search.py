@@ -18,6 +18,8 @@
   or with a stacked neighbour, a loop base alone or with the pair that closes it), loop bases
   drawn with loop rules; sequences already evaluated are not evaluated again (after SAMFEO,
   Zhou et al. 2023, and NEMO's loop rules, Portela 2018).
+- `walk_then_ensemble`: the adaptive walk for WALK_SHARE of the time, then the ensemble search
+  from its design.
 - `random_design`: a random sequence that fits the target's pairs and the constraint.
 """
 
@@ -347,3 +349,25 @@ def ensemble_search(structure: str, constraint: str, starts: Sequence[str], dead
         if consider(sequence):
             return sequence
     return best.sequence
+
+
+WALK_SHARE = 0.2  # of walk_then_ensemble's time
+
+
+def walk_then_ensemble(structure: str, constraint: str, starts: Sequence[str],
+                       deadline: float, rng: random.Random) -> str:
+    """The adaptive walk for WALK_SHARE of the time, then the ensemble search from the walk's
+    design and the starts. The walk is the faster where one mutation at a time can reach the
+    target (most puzzles, in well under a second); the ensemble search where every single
+    mutation leaves the MFE structure as wrong as before (lone pairs, long helices held
+    apart). An endless deadline is the walk's alone."""
+    now = time.monotonic()
+    walked = adaptive_walk(structure, constraint, starts, now + WALK_SHARE * (deadline - now),
+                           rng)
+    if fold(walked)[0] == structure:
+        return walked
+    return ensemble_search(structure, constraint, [walked, *starts], deadline, rng)
+
+
+REFINEMENTS = {"walk": adaptive_walk, "ensemble": ensemble_search,
+               "walk_then_ensemble": walk_then_ensemble}

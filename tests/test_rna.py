@@ -321,6 +321,20 @@ def test_ensemble_search_never_evaluates_a_sequence_twice_and_starts_from_its_st
     assert design in evaluated
 
 
+@pytest.mark.parametrize("refinement", sorted(rna_search.REFINEMENTS))
+def test_every_refinement_refines_through_the_problem(refinement, monkeypatch):
+    """rna_eterna100 refines with its class's refinement (benchmarks/rna_eterna100.py sets
+    it): each one solves a target the targeted design misfolds, within the constraint."""
+    structure = "(((....)))(((....)))(((....)))"
+    problem = RnaEterna100()
+    monkeypatch.setattr(problem, "refinement", refinement)
+    constraint = "N" * (len(structure) - 1) + "U"
+    start = targeted_design(structure, constraint, random.Random(0))
+    assert fold(start)[0] != structure
+    design = problem.refine(f"{structure} {constraint}", [start], time.monotonic() + 20)
+    assert fold(design)[0] == structure and design.endswith("U")
+
+
 def test_loop_preferences_boost_hairpins_and_one_by_one_loops():
     #            0123456789012345678
     structure = "((.((......)).))..."
