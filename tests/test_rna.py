@@ -335,6 +335,34 @@ def test_every_refinement_refines_through_the_problem(refinement, monkeypatch):
     assert fold(design)[0] == structure and design.endswith("U")
 
 
+def test_parts_are_the_largest_pair_closed_substructures_that_fit():
+    #            0         1         2         3         4         5
+    #            0123456789012345678901234567890123456789012345678901
+    structure = "..((((....))))..(((..((((...))))..((((...))))..)))..."
+    assert rna_search.parts(pair_table(structure), 20) == [(2, 13), (21, 31), (34, 44)]
+    assert rna_search.parts(pair_table(structure), 40) == [(2, 13), (16, 49)]
+    assert rna_search.parts(pair_table("." * 30), 20) == []
+
+
+def test_design_by_parts_designs_each_distinct_part_once_then_the_whole(monkeypatch):
+    calls = []
+
+    def recording(structure, constraint, starts, deadline, rng):
+        calls.append((structure, list(starts)))
+        return "GGGGAAAACCCC" if len(structure) == 12 else starts[0]
+
+    monkeypatch.setattr(rna_search, "walk_then_ensemble", recording)
+    monkeypatch.setattr(rna_search, "PART_LENGTH", 15)
+    hairpin = "((((....))))"
+    structure = f"{hairpin}..{hairpin}..{hairpin}"
+    start = "A" * len(structure)
+    design = rna_search.design_by_parts(structure, "N" * len(structure), [start],
+                                        time.monotonic() + 10, random.Random(0))
+    assembled = "GGGGAAAACCCCAAGGGGAAAACCCCAAGGGGAAAACCCC"
+    assert calls == [(hairpin, ["A" * 12]), (structure, [assembled, start])]
+    assert design == assembled
+
+
 def test_loop_preferences_boost_hairpins_and_one_by_one_loops():
     #            0123456789012345678
     structure = "((.((......)).))..."
