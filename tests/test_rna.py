@@ -247,12 +247,13 @@ def test_metrics_fold_the_predictions():
     assert structure_distance(["GGGG"], [["((((....))))"]]) == 1.0
 
 
-def test_adaptive_walk_solves_small_targets_and_respects_constraints():
+@pytest.mark.parametrize("searcher", [adaptive_walk, ensemble_search])
+def test_searches_solve_small_targets_and_respect_constraints(searcher):
     rng = random.Random(0)
     for structure in ["(((((......)))))", "((((((.((((....))))))).)))..........",
                       "..((((....))))((((....))))((((...))))"]:
         constraint = "N" * (len(structure) - 1) + "C"
-        design = adaptive_walk(structure, constraint, [], time.monotonic() + 20, rng)
+        design = searcher(structure, constraint, [], time.monotonic() + 20, rng)
         assert fold(design)[0] == structure and design.endswith("C")
 
 
@@ -278,15 +279,6 @@ def test_adaptive_walk_takes_turns_and_retires_stuck_walks(monkeypatch):
 
 # Eterna100 #67 "Simple Single Bond": a lone pair closing a loop around a hairpin.
 SINGLE_BOND = "......(......((((.....))))......)......................"
-
-
-def test_ensemble_search_solves_small_targets_and_respects_constraints():
-    rng = random.Random(0)
-    for structure in ["(((((......)))))", "((((((.((((....))))))).)))..........",
-                      "..((((....))))((((....))))((((...))))"]:
-        constraint = "N" * (len(structure) - 1) + "C"
-        design = ensemble_search(structure, constraint, [], time.monotonic() + 20, rng)
-        assert fold(design)[0] == structure and design.endswith("C")
 
 
 def test_ensemble_search_solves_a_lone_pair_the_walk_does_not():
