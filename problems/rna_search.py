@@ -260,8 +260,7 @@ def loop_preferences(partner: list[int]) -> dict[int, str]:
     for i, j in enumerate(partner):
         if j <= i:
             continue
-        inner = [k for k in range(i + 1, j) if partner[k] >= 0]
-        if not inner and j - i > 4:  # hairpin
+        if j - i > 4 and all(partner[k] < 0 for k in range(i + 1, j)):  # hairpin
             preferred[i + 1], preferred[j - 1] = "G", "A"
         elif (i + 2 < j - 2 and partner[i + 2] == j - 2 and partner[i + 1] < 0
               and partner[j - 1] < 0):  # a 1x1 internal loop closed by (i, j)
