@@ -33,6 +33,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -353,22 +354,128 @@ def ensemble_search(structure: str, constraint: str, starts: Sequence[str], dead
     return best.sequence
 
 
+RIVALS_KEPT = 64  # the latest rival structures an end-game candidate is scored against
+CANDIDATES_PER_FOLD = 400  # end-game candidates scored by energy for each one folded
+
+
+def rival_search(structure: str, constraint: str, starts: Sequence[str], deadline: float,
+                 rng: random.Random, max_steps: int | None = None) -> str:
+    """End game for near misses: best design by the deadline, at once when one folds into the
+    target. Every MFE structure a fold returns becomes a rival. Each step scores mutations of
+    the current design (each option of each position where the MFE structure misses the
+    target or within a reach of one, and pairs of such mutations; the reach doubles when
+    all were tried) by their margin, the least free energy
+    of a rival over that of the target, with ViennaRNA's energy evaluation (hundreds of times
+    cheaper than a fold); folds the one of widest margin; and moves to it unless its true gap
+    (E(target) - MFE, then base-pair distance) is worse. A fold that finds a new rival makes
+    the next step's margins honest about it (a cutting-plane search over rivals)."""
+    import RNA
+
+    partner = pair_table(structure)
+    options = _choices(partner, constraint)
+    model_details = RNA.md()
+    rivals: dict[str, None] = {}  # ordered set, oldest first
+    seen: set[str] = set()
+    steps_left = math.inf if max_steps is None else max_steps
+
+    def fold_in(sequence: str) -> tuple[tuple[float, int], str]:
+        nonlocal steps_left
+        steps_left -= 1
+        seen.add(sequence)
+        (distance, gap), folded = _evaluate(structure, sequence)
+        if folded != structure:
+            rivals.pop(folded, None)  # re-inserted as the latest
+            rivals[folded] = None
+            while len(rivals) > RIVALS_KEPT:
+                del rivals[next(iter(rivals))]
+        return (gap, distance), folded
+
+    def margin(sequence: str) -> float:
+        compound = RNA.fold_compound(sequence, model_details, RNA.OPTION_EVAL_ONLY)
+        target = compound.eval_structure(structure)
+        return min(compound.eval_structure(rival) for rival in rivals) - target
+
+    def mutations(sequence: str, folded: str, reach: int) -> list[str]:
+        folded_partner = pair_table(folded)
+        missed = {i for i in range(len(partner)) if folded_partner[i] != partner[i]}
+        region = {k for i in missed for k in range(i - reach, i + reach + 1)
+                  if 0 <= k < len(partner)}
+        region |= {partner[k] for k in region if partner[k] >= 0}
+        singles = []
+        for k in sorted(region):
+            if partner[k] >= 0 and partner[k] < k:
+                continue  # a pair is mutated from its 5' base
+            for choice in dict.fromkeys(options[k]):
+                trial = list(sequence)
+                if partner[k] < 0:
+                    trial[k] = choice[0]
+                else:
+                    trial[k], trial[partner[k]] = choice
+                singles.append(trial)
+        candidates = {"".join(t) for t in singles}
+        for _ in range(4 * CANDIDATES_PER_FOLD):
+            if len(candidates) >= CANDIDATES_PER_FOLD:
+                break
+            first, second = rng.sample(singles, 2) if len(singles) > 1 else (singles[0],) * 2
+            candidates.add("".join(b if b != a else c for a, b, c in
+                                   zip(sequence, first, second, strict=True)))
+        return [c for c in candidates if c not in seen]
+
+    best = None
+    for start in starts or [targeted_design(structure, constraint, rng)]:
+        if start in seen:
+            continue
+        cost, folded = fold_in(start)
+        if cost[1] == 0:
+            return start
+        if best is None or cost < best[1]:
+            best = (start, cost, folded)
+        if steps_left <= 0 or time.monotonic() >= deadline:
+            break
+    current, current_cost, current_folded = best
+    reach = 2  # positions beside a missed one that may change; grows when all were tried
+    while steps_left > 0 and time.monotonic() < deadline:
+        candidates = mutations(current, current_folded, reach)
+        if not candidates:
+            if reach >= len(structure):
+                break
+            reach *= 2
+            continue
+        scored = [(margin(c), rng.random(), c) for c in candidates]
+        trial = max(scored)[2]
+        cost, folded = fold_in(trial)
+        if cost[1] == 0:
+            return trial
+        if cost <= current_cost:
+            current, current_cost, current_folded = trial, cost, folded
+    return current
+
+
 WALK_SHARE = 0.2  # of walk_then_ensemble's time
+ENDGAME_SHARE = 0.25  # of walk_then_ensemble's time, for rival_search at the end
 
 
 def walk_then_ensemble(structure: str, constraint: str, starts: Sequence[str],
-                       deadline: float, rng: random.Random) -> str:
-    """The adaptive walk for WALK_SHARE of the time, then the ensemble search from the walk's
-    design and the starts. The walk is the faster where one mutation at a time can reach the
+                       deadline: float, rng: random.Random,
+                       endgame_share: float = ENDGAME_SHARE) -> str:
+    """The adaptive walk for WALK_SHARE of the time, the ensemble search from the walk's
+    design and the starts, then, for the last `endgame_share` of the time, rival_search from
+    the best two designs. The walk is the faster where one mutation at a time can reach the
     target (most puzzles, in well under a second); the ensemble search where every single
     mutation leaves the MFE structure as wrong as before (lone pairs, long helices held
-    apart). An endless deadline is the walk's alone."""
+    apart); the end game where a design misses by a near-tie that the ensemble objective no
+    longer sees. An endless deadline is the walk's alone."""
     now = time.monotonic()
     walked = adaptive_walk(structure, constraint, starts, now + WALK_SHARE * (deadline - now),
                            rng)
     if fold(walked)[0] == structure:
         return walked
-    return ensemble_search(structure, constraint, [walked, *starts], deadline, rng)
+    now = time.monotonic()
+    ensemble_end = deadline - endgame_share * (deadline - now)
+    designed = ensemble_search(structure, constraint, [walked, *starts], ensemble_end, rng)
+    if endgame_share == 0 or fold(designed)[0] == structure:
+        return designed
+    return rival_search(structure, constraint, [designed, walked], deadline, rng)
 
 
 PART_LENGTH = 100  # the longest part design_by_parts designs on its own
@@ -398,7 +505,7 @@ def parts(partner: list[int], longest: int = PART_LENGTH) -> list[tuple[int, int
 
 
 def design_by_parts(structure: str, constraint: str, starts: Sequence[str], deadline: float,
-                    rng: random.Random) -> str:
+                    rng: random.Random, endgame_share: float = ENDGAME_SHARE) -> str:
     """Targets up to PART_LENGTH: walk_then_ensemble. Longer ones: for PART_SHARE of the time,
     each part (see `parts`) designed alone by walk_then_ensemble from its bases in the first
     start, in time shares by length (an identical part is designed once); the parts put into
@@ -406,7 +513,7 @@ def design_by_parts(structure: str, constraint: str, starts: Sequence[str], dead
     the whole's is not (a fold costs about the cube of the length): parts get hundreds of
     times more folds than the whole would."""
     if len(structure) <= PART_LENGTH:
-        return walk_then_ensemble(structure, constraint, starts, deadline, rng)
+        return walk_then_ensemble(structure, constraint, starts, deadline, rng, endgame_share)
     design = list(starts[0] if starts else targeted_design(structure, constraint, rng))
     now = time.monotonic()
     parts_end = now + PART_SHARE * (deadline - now)
@@ -419,11 +526,17 @@ def design_by_parts(structure: str, constraint: str, starts: Sequence[str], dead
             now = time.monotonic()
             share = (j - i + 1) / left
             designed[key] = walk_then_ensemble(*key, ["".join(design[i:j + 1])],
-                                               now + share * (parts_end - now), rng)
+                                               now + share * (parts_end - now), rng,
+                                               endgame_share)
         left -= j - i + 1
         design[i:j + 1] = designed[key]
-    return walk_then_ensemble(structure, constraint, ["".join(design), *starts], deadline, rng)
+    return walk_then_ensemble(structure, constraint, ["".join(design), *starts], deadline, rng,
+                              endgame_share)
 
 
-REFINEMENTS = {"walk": adaptive_walk, "ensemble": ensemble_search,
-               "walk_then_ensemble": walk_then_ensemble, "parts": design_by_parts}
+# Each stage's ablation by name: "parts" and "walk_then_ensemble" are the stages without the
+# end game (as first measured), "parts_rivals" every stage.
+REFINEMENTS = {"walk": adaptive_walk, "ensemble": ensemble_search, "rivals": rival_search,
+               "walk_then_ensemble": partial(walk_then_ensemble, endgame_share=0.0),
+               "parts": partial(design_by_parts, endgame_share=0.0),
+               "parts_rivals": design_by_parts}

@@ -45,6 +45,7 @@ from problems.rna_search import (
     inverse_fold_restarts,
     loop_preferences,
     random_design,
+    rival_search,
     score,
     targeted_design,
 )
@@ -247,7 +248,7 @@ def test_metrics_fold_the_predictions():
     assert structure_distance(["GGGG"], [["((((....))))"]]) == 1.0
 
 
-@pytest.mark.parametrize("searcher", [adaptive_walk, ensemble_search])
+@pytest.mark.parametrize("searcher", [adaptive_walk, ensemble_search, rival_search])
 def test_searches_solve_small_targets_and_respect_constraints(searcher):
     rng = random.Random(0)
     for structure in ["(((((......)))))", "((((((.((((....))))))).)))..........",
@@ -313,6 +314,24 @@ def test_ensemble_search_never_evaluates_a_sequence_twice_and_starts_from_its_st
     assert design in evaluated
 
 
+def test_rival_search_never_folds_a_sequence_twice_and_starts_from_its_starts(monkeypatch):
+    folded = []
+    original = rna_search._evaluate
+
+    def recording(structure, sequence):
+        folded.append(sequence)
+        return original(structure, sequence)
+
+    monkeypatch.setattr(rna_search, "_evaluate", recording)
+    structure = "(((....)))(((....)))(((....)))"
+    start = "A" * len(structure)  # folds into nothing
+    design = rival_search(structure, "N" * len(structure), [start], math.inf,
+                          random.Random(0), max_steps=300)
+    assert folded[0] == start
+    assert len(folded) == len(set(folded)) <= 300
+    assert design in folded
+
+
 @pytest.mark.parametrize("refinement", sorted(rna_search.REFINEMENTS))
 def test_every_refinement_refines_through_the_problem(refinement, monkeypatch):
     """rna_eterna100 refines with its class's refinement (benchmarks/rna_eterna100.py sets
@@ -339,7 +358,7 @@ def test_parts_are_the_largest_pair_closed_substructures_that_fit():
 def test_design_by_parts_designs_each_distinct_part_once_then_the_whole(monkeypatch):
     calls = []
 
-    def recording(structure, constraint, starts, deadline, rng):
+    def recording(structure, constraint, starts, deadline, rng, endgame_share):
         calls.append((structure, list(starts)))
         return "GGGGAAAACCCC" if len(structure) == 12 else starts[0]
 
