@@ -5,18 +5,20 @@
 (b) search: the same search without the model (no sampling: what the model adds),
 (c) inverse: ViennaRNA's RNA.inverse_fold restarted from random sequences.
 
-    python benchmarks/rna_eterna100.py --budget 60 [--ckpt RUN/checkpoints/last.ckpt |
+    python benchmarks/rna_eterna100.py --budget 1,10,60 [--ckpt RUN/checkpoints/last.ckpt |
         --train-minutes 60] [--version v2] [--seeds 3] [--workers 2]
         [--limit N | --puzzles 50,57] [--best-of 64] [--refinement walk_then_ensemble]
 
 --refinement picks how (a) and (b) refine designs (problems/rna_search.py REFINEMENTS; the
 problem's own by default); rows other than the adaptive walk's are labelled
 method:refinement.
-Each puzzle runs in its own process, stopped at the budget (RNA.inverse_fold cannot be
-interrupted otherwise); `--workers` puzzles run at once, one per core. Results go to
---results (one JSON line per method, seed and puzzle) and a re-run skips what is there, so an
-interrupted benchmark resumes. Prints solved/100 (mean +- sd over seeds), the mean normalised
-Hamming distance between folded and target structures, and wall time, with RNA.__version__.
+--budget takes one time budget or several (the solved-vs-budget curve: each budget is a
+run of its own, from scratch). Each puzzle runs in its own process, stopped at the budget
+(RNA.inverse_fold cannot be interrupted otherwise); `--workers` puzzles run at once, one per
+core. Results go to --results (one JSON line per method, budget, seed and puzzle) and a
+re-run skips what is there, so an interrupted benchmark resumes. Prints, per method and
+budget, solved/100 (mean +- sd over seeds) and the mean normalised Hamming distance between
+folded and target structures, with wall time and RNA.__version__.
 Solved: ACGU only, the target's length, and RNA.fold(sequence)[0] == target.
 """
 
@@ -91,11 +93,12 @@ def judge(structure: str, sequence: str | None) -> tuple[bool, float]:
 
 
 def job(args: tuple) -> dict:
-    label, seed, puzzle, budget = args
+    label, budget, seed, puzzle = args
     method = label.partition(":")[0]
     sequence, seconds = solve(method, puzzle["structure"], budget, seed)
     solved, distance = judge(puzzle["structure"], sequence)
-    return {"method": label, "seed": seed, "id": puzzle["id"], "name": puzzle["name"],
+    return {"method": label, "budget": budget, "seed": seed, "id": puzzle["id"],
+            "name": puzzle["name"],
             "length": len(puzzle["structure"]), "design": sequence, "solved": solved,
             "distance": distance, "seconds": round(seconds, 2)}
 
@@ -114,7 +117,8 @@ def main() -> None:
     from t2t.inference import load_checkpoint, select_problem
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=float, default=60.0, help="seconds per puzzle")
+    parser.add_argument("--budget", default="60",
+                        help="seconds per puzzle; several, comma-separated, for a curve")
     parser.add_argument("--ckpt", help="an rna_design checkpoint for method (a)")
     parser.add_argument("--train-minutes", type=float, default=60.0,
                         help="without --ckpt: train rna_design on the CPU this long first")
@@ -135,6 +139,11 @@ def main() -> None:
                         help="only these puzzle ids, comma-separated (e.g. the unsolved ones)")
     parser.add_argument("--results", default="outputs/bench-rna/results.jsonl")
     args = parser.parse_args()
+    try:
+        budgets = [float(b) for b in args.budget.split(",")]
+    except ValueError:
+        parser.error(f"--budget {args.budget}: seconds per puzzle, one number or several "
+                     f"separated by commas (e.g. 1,10,60)")
 
     target = RnaEterna100(version=args.version, raw_dir=args.raw_dir)
     every_puzzle = target.puzzles()
@@ -167,42 +176,46 @@ def main() -> None:
     if results_path.is_file():
         for line in results_path.read_text().splitlines():
             record = json.loads(line)
-            done[(record["method"], record["seed"], record["id"])] = record
-    todo = [(m, s, p, args.budget) for m in labels for s in range(args.seeds) for p in puzzles
-            if (m, s, p["id"]) not in done]
-    print(f"{len(puzzles)} puzzles x {len(methods)} methods x {args.seeds} seeds, "
-          f"{args.budget:g} s each, {args.workers} at once; {len(done)} done, {len(todo)} to go",
-          flush=True)
+            # Rows written before budgets were recorded all ran at the 60 s default.
+            key = (record["method"], record.get("budget", 60.0), record["seed"], record["id"])
+            done[key] = record
+    todo = [(m, b, s, p) for m in labels for b in budgets for s in range(args.seeds)
+            for p in puzzles if (m, b, s, p["id"]) not in done]
+    print(f"{len(puzzles)} puzzles x {len(methods)} methods x {len(budgets)} budgets "
+          f"({args.budget} s) x {args.seeds} seeds, {args.workers} at once; {len(done)} done, "
+          f"{len(todo)} to go", flush=True)
     start = time.monotonic()
     # Threads, not processes, hand out the jobs: each job forks its own process anyway.
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(args.workers) as pool, open(results_path, "a") as out:
         for record in pool.map(job, todo):
-            done[(record["method"], record["seed"], record["id"])] = record
+            done[(record["method"], record["budget"], record["seed"], record["id"])] = record
             out.write(json.dumps(record) + "\n")
             out.flush()
-            print(f"{record['method']:8s} seed {record['seed']} #{record['id']:>3s} "
+            print(f"{record['method']:8s} {record['budget']:g} s seed {record['seed']} "
+                  f"#{record['id']:>3s} "
                   f"len {record['length']:3d} {'solved' if record['solved'] else 'unsolved':8s}"
                   f" {record['seconds']:6.1f} s", flush=True)
     wall = time.monotonic() - start
 
     ids = {p["id"] for p in puzzles}
-    print(f"\nEterna100 {args.version}, {len(puzzles)} puzzles, {args.budget:g} s per puzzle, "
-          f"ViennaRNA {RNA.__version__}, this run's wall time {wall / 60:.1f} min\n")
-    print("| method | solved (mean +- sd over seeds) | per seed | mean structure distance | "
-          "CPU-seconds |")
-    print("|---|---|---|---|---|")
-    for method in labels:
+    print(f"\nEterna100 {args.version}, {len(puzzles)} puzzles, ViennaRNA {RNA.__version__}, "
+          f"this run's wall time {wall / 60:.1f} min\n")
+    print("| method | seconds per puzzle | solved (mean +- sd over seeds) | per seed | "
+          "mean structure distance | CPU-seconds |")
+    print("|---|---|---|---|---|---|")
+    for method, budget in ((m, b) for m in labels for b in budgets):
         per_seed, distances, seconds = [], [], 0.0
         for seed in range(args.seeds):
-            records = [r for (m, s, i), r in done.items() if m == method and s == seed
-                       and i in ids]
+            records = [r for (m, b, s, i), r in done.items()
+                       if (m, b, s) == (method, budget, seed) and i in ids]
             per_seed.append(sum(r["solved"] for r in records))
             distances += [r["distance"] for r in records]
             seconds += sum(r["seconds"] for r in records)
         sd = statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0
-        print(f"| {method} | {statistics.mean(per_seed):.1f} +- {sd:.1f} / {len(puzzles)} | "
+        print(f"| {method} | {budget:g} | {statistics.mean(per_seed):.1f} +- {sd:.1f} / "
+              f"{len(puzzles)} | "
               f"{', '.join(map(str, per_seed))} | {statistics.mean(distances):.4f} | "
               f"{seconds:.0f} |")
 

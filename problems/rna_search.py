@@ -360,15 +360,16 @@ CANDIDATES_PER_FOLD = 400  # end-game candidates scored by energy for each one f
 
 def rival_search(structure: str, constraint: str, starts: Sequence[str], deadline: float,
                  rng: random.Random, max_steps: int | None = None) -> str:
-    """End game for near misses: best design by the deadline, at once when one folds into the
-    target. Every MFE structure a fold returns becomes a rival. Each step scores mutations of
-    the current design (each option of each position where the MFE structure misses the
-    target or within a reach of one, and pairs of such mutations; the reach doubles when
-    all were tried) by their margin, the least free energy
-    of a rival over that of the target, with ViennaRNA's energy evaluation (hundreds of times
-    cheaper than a fold); folds the one of widest margin; and moves to it unless its true gap
-    (E(target) - MFE, then base-pair distance) is worse. A fold that finds a new rival makes
-    the next step's margins honest about it (a cutting-plane search over rivals)."""
+    """End game for near misses: returns at once when a design folds into the target, else,
+    at the deadline, the design whose MFE structure is closest to the target (the earliest on
+    a tie: the first start unless the end game got closer). Every MFE structure a fold
+    returns becomes a rival. Each step scores mutations of the current design (each option of
+    each position where its MFE structure misses the target or is within a reach of one, and
+    pairs of such mutations; the reach doubles when all were tried) by their margin, the
+    least free energy of a rival over that of the target, with ViennaRNA's energy evaluation
+    (hundreds of times cheaper than a fold); folds the one of widest margin; and moves to it
+    unless its gap (E(target) - MFE, then base-pair distance) is worse. A fold that finds a
+    new rival makes the next step's margins honest about it (a cutting-plane search over rivals)."""
     import RNA
 
     partner = pair_table(structure)
@@ -421,21 +422,24 @@ def rival_search(structure: str, constraint: str, starts: Sequence[str], deadlin
                                    zip(sequence, first, second, strict=True)))
         return [c for c in candidates if c not in seen]
 
-    best = None
+    current = None  # (sequence, (gap, distance), MFE structure): where the search is
+    best = None  # (distance, sequence): what it returns
     for start in starts or [targeted_design(structure, constraint, rng)]:
         if start in seen:
             continue
         cost, folded = fold_in(start)
         if cost[1] == 0:
             return start
-        if best is None or cost < best[1]:
-            best = (start, cost, folded)
+        if current is None or cost < current[1]:
+            current = (start, cost, folded)
+        if best is None or cost[1] < best[0]:
+            best = (cost[1], start)
         if steps_left <= 0 or time.monotonic() >= deadline:
             break
-    current, current_cost, current_folded = best
+    sequence, cost, folded = current
     reach = 2  # positions beside a missed one that may change; grows when all were tried
     while steps_left > 0 and time.monotonic() < deadline:
-        candidates = mutations(current, current_folded, reach)
+        candidates = mutations(sequence, folded, reach)
         if not candidates:
             if reach >= len(structure):
                 break
@@ -443,12 +447,14 @@ def rival_search(structure: str, constraint: str, starts: Sequence[str], deadlin
             continue
         scored = [(margin(c), rng.random(), c) for c in candidates]
         trial = max(scored)[2]
-        cost, folded = fold_in(trial)
-        if cost[1] == 0:
+        trial_cost, trial_folded = fold_in(trial)
+        if trial_cost[1] == 0:
             return trial
-        if cost <= current_cost:
-            current, current_cost, current_folded = trial, cost, folded
-    return current
+        if trial_cost[1] < best[0]:
+            best = (trial_cost[1], trial)
+        if trial_cost <= cost:
+            sequence, cost, folded = trial, trial_cost, trial_folded
+    return best[1]
 
 
 WALK_SHARE = 0.2  # of walk_then_ensemble's time
@@ -460,11 +466,12 @@ def walk_then_ensemble(structure: str, constraint: str, starts: Sequence[str],
                        endgame_share: float = ENDGAME_SHARE) -> str:
     """The adaptive walk for WALK_SHARE of the time, the ensemble search from the walk's
     design and the starts, then, for the last `endgame_share` of the time, rival_search from
-    the best two designs. The walk is the faster where one mutation at a time can reach the
-    target (most puzzles, in well under a second); the ensemble search where every single
-    mutation leaves the MFE structure as wrong as before (lone pairs, long helices held
-    apart); the end game where a design misses by a near-tie that the ensemble objective no
-    longer sees. An endless deadline is the walk's alone."""
+    the best two (the answer is the ensemble search's unless the end game gets closer). The
+    walk is the faster where one mutation at a time can reach the target (most puzzles, in
+    well under a second); the ensemble search where every single mutation leaves the MFE
+    structure as wrong as before (lone pairs, long helices held apart); the end game where a
+    design misses by a near-tie that the ensemble objective no longer sees. An endless
+    deadline is the walk's alone."""
     now = time.monotonic()
     walked = adaptive_walk(structure, constraint, starts, now + WALK_SHARE * (deadline - now),
                            rng)

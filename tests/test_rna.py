@@ -662,20 +662,30 @@ def test_eterna100_benchmark_runs_and_prints_its_table(tmp_path):
         return subprocess.run(
             [sys.executable, str(REPO / "benchmarks" / "rna_eterna100.py"), "--budget", "2",
              "--seeds", "1", "--methods", "search,inverse",
-             "--results", str(tmp_path / "results.jsonl"), *options],
+             "--results", str(tmp_path / "results.jsonl"), *options],  # a later --budget wins
             capture_output=True, text=True, timeout=120)
 
     result = benchmark("--puzzles", "1,3")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "| search | 2.0 +- 0.0 / 2 |" in result.stdout, result.stdout
-    assert "| inverse |" in result.stdout and "ViennaRNA 2." in result.stdout
+    assert "| search | 2 | 2.0 +- 0.0 / 2 |" in result.stdout, result.stdout
+    assert "| inverse | 2 |" in result.stdout and "ViennaRNA 2." in result.stdout
     records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert sorted((r["method"], r["id"]) for r in records) == [
         ("inverse", "1"), ("inverse", "3"), ("search", "1"), ("search", "3")]
 
+    # A curve: the 2 s rows are reused, only the 1 s ones run.
+    curve = benchmark("--puzzles", "1,3", "--budget", "1,2")
+    assert curve.returncode == 0, curve.stderr[-2000:]
+    assert "4 done, 4 to go" in curve.stdout
+    assert "| search | 1 | 2.0 +- 0.0 / 2 |" in curve.stdout, curve.stdout
+    assert "| search | 2 | 2.0 +- 0.0 / 2 |" in curve.stdout
+
     wrong = benchmark("--puzzles", "3,101")
     assert wrong.returncode != 0
     assert "no puzzle with id 101 in Eterna100 v2" in wrong.stderr.strip().splitlines()[-1]
+    not_seconds = benchmark("--puzzles", "1", "--budget", "1,ten")
+    assert not_seconds.returncode != 0
+    assert "--budget 1,ten: seconds per puzzle" in not_seconds.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.timeout(400)
