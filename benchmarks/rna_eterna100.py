@@ -1,7 +1,7 @@
 """Eterna100 side by side: the same per-puzzle time budget and the same cores for
 (a) model: a t2t model trained on rna_design + the search (`t2t.inference.search`: the
     targeted design refined for a tenth of the budget, then constrained sampling for up to a
-    quarter of it, best-of-N by folding, then the adaptive walk from the best designs),
+    quarter of it, best-of-N by folding, then the problem's refinement from the best designs),
 (b) search: the same search without the model (no sampling: what the model adds),
 (c) inverse: ViennaRNA's RNA.inverse_fold restarted from random sequences.
 

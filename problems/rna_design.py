@@ -23,7 +23,9 @@ it out, judged by ViennaRNA (PyPI `ViennaRNA`, module `RNA`) at its default para
 
 Both share their modalities, so a model trained on `rna_design` evaluates `rna_eterna100`.
 Decoding is a search (`t2t.inference.search`): pairing constraints while sampling, best-of-N
-by `verify`, then `refine` (an adaptive walk) until solved or out of time. The problems take
+by `verify`, then `refine` (rna_search.design_by_parts: an adaptive walk, an ensemble search
+and an end game against rival structures; long targets by their parts first) until solved or
+out of time. The problems take
 part in all of t2t's decoding protocols (t2t.problem: Verifier, ConstrainedDecoding,
 GuidedSearch, FormatsPredictions), and register their metrics, `solved` and
 `structure_distance`, here.
@@ -139,7 +141,7 @@ class RnaDesignBase(Problem):
     metrics = ("solved", "structure_distance")
     # How `refine` searches, a key of rna_search.REFINEMENTS. Not an option: it changes no
     # data, and options are part of the shards' fingerprint (benchmarks set it to compare).
-    refinement = "walk"
+    refinement = "parts_rivals"
 
     def verify(self, inputs: Any, prediction: str) -> float:
         structure, constraint = parse_design_input(inputs)
