@@ -18,8 +18,11 @@
   or with a stacked neighbour, a loop base alone or with the pair that closes it), loop bases
   drawn with loop rules; sequences already evaluated are not evaluated again (after SAMFEO,
   Zhou et al. 2023, and NEMO's loop rules, Portela 2018).
+- `rival_search`: the end game. Every MFE structure a fold returns is a rival; mutations near
+  the misfolded positions are ranked by energy evaluation (cheap) against all rivals, and only
+  the best is folded (costly).
 - `walk_then_ensemble`: the adaptive walk for WALK_SHARE of the time, then the ensemble search
-  from its design.
+  from its design, then the end game for the last ENDGAME_SHARE.
 - `design_by_parts`: for long targets, the largest pair-closed parts of at most PART_LENGTH
   designed on their own (each distinct part once), assembled, then the whole refined (after
   NEMO's divide and conquer).
@@ -413,13 +416,13 @@ def rival_search(structure: str, constraint: str, starts: Sequence[str], deadlin
                 else:
                     trial[k], trial[partner[k]] = choice
                 singles.append(trial)
-        candidates = {"".join(t) for t in singles}
+        candidates = dict.fromkeys("".join(t) for t in singles)  # ordered: same seed, same run
         for _ in range(4 * CANDIDATES_PER_FOLD):
             if len(candidates) >= CANDIDATES_PER_FOLD:
                 break
             first, second = rng.sample(singles, 2) if len(singles) > 1 else (singles[0],) * 2
-            candidates.add("".join(b if b != a else c for a, b, c in
-                                   zip(sequence, first, second, strict=True)))
+            candidates["".join(b if b != a else c for a, b, c in
+                               zip(sequence, first, second, strict=True))] = None
         return [c for c in candidates if c not in seen]
 
     current = None  # (sequence, (gap, distance), MFE structure): where the search is

@@ -332,6 +332,35 @@ def test_rival_search_never_folds_a_sequence_twice_and_starts_from_its_starts(mo
     assert design in folded
 
 
+def test_rival_search_is_the_same_run_for_the_same_seed_in_any_process():
+    """The same rng, the same folds, whatever the process's string hashing (sets of sequences
+    iterate in hash order)."""
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    code = """
+import math, random
+from problems import rna_search
+folded = []
+original = rna_search._evaluate
+def recording(structure, sequence):
+    folded.append(sequence)
+    return original(structure, sequence)
+rna_search._evaluate = recording
+rna_search.rival_search(TARGET, "N" * len(TARGET), [], math.inf, random.Random(0), max_steps=30)
+print(" ".join(folded))
+""".replace("TARGET", repr(SINGLE_BOND))
+    runs = [subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                           text=True, env={**os.environ, "PYTHONHASHSEED": seed}, timeout=60)
+            for seed in ("1", "2")]
+    assert all(run.returncode == 0 for run in runs), runs[0].stderr[-2000:]
+    assert len(runs[0].stdout.split()) == 30
+    assert runs[0].stdout == runs[1].stdout
+
+
 @pytest.mark.parametrize("refinement", sorted(rna_search.REFINEMENTS))
 def test_every_refinement_refines_through_the_problem(refinement, monkeypatch):
     """rna_eterna100 refines with its class's refinement (benchmarks/rna_eterna100.py sets
