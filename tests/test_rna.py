@@ -696,18 +696,20 @@ def test_eterna100_benchmark_runs_and_prints_its_table(tmp_path):
 
     result = benchmark("--puzzles", "1,3")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "| search | 2 | 2.0 +- 0.0 / 2 |" in result.stdout, result.stdout
+    # Rows of the default refinement carry its name (benchmarks/rna_eterna100.py).
+    assert "| search:parts_rivals | 2 | 2.0 +- 0.0 / 2 |" in result.stdout, result.stdout
     assert "| inverse | 2 |" in result.stdout and "ViennaRNA 2." in result.stdout
     records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert sorted((r["method"], r["id"]) for r in records) == [
-        ("inverse", "1"), ("inverse", "3"), ("search", "1"), ("search", "3")]
+        ("inverse", "1"), ("inverse", "3"), ("search:parts_rivals", "1"),
+        ("search:parts_rivals", "3")]
 
     # A curve: the 2 s rows are reused, only the 1 s ones run.
     curve = benchmark("--puzzles", "1,3", "--budget", "1,2")
     assert curve.returncode == 0, curve.stderr[-2000:]
     assert "4 done, 4 to go" in curve.stdout
-    assert "| search | 1 | 2.0 +- 0.0 / 2 |" in curve.stdout, curve.stdout
-    assert "| search | 2 | 2.0 +- 0.0 / 2 |" in curve.stdout
+    assert "| search:parts_rivals | 1 | 2.0 +- 0.0 / 2 |" in curve.stdout, curve.stdout
+    assert "| search:parts_rivals | 2 | 2.0 +- 0.0 / 2 |" in curve.stdout
 
     wrong = benchmark("--puzzles", "3,101")
     assert wrong.returncode != 0
