@@ -379,6 +379,7 @@ def rival_search(structure: str, constraint: str, starts: Sequence[str], deadlin
     options = _choices(partner, constraint)
     model_details = RNA.md()
     rivals: dict[str, None] = {}  # ordered set, oldest first
+    binding: list[str] = []  # the same rivals, the one that last bound a margin first
     seen: set[str] = set()
     steps_left = math.inf if max_steps is None else max_steps
 
@@ -388,16 +389,28 @@ def rival_search(structure: str, constraint: str, starts: Sequence[str], deadlin
         seen.add(sequence)
         (distance, gap), folded = _evaluate(structure, sequence)
         if folded != structure:
+            if folded in rivals:
+                binding.remove(folded)
             rivals.pop(folded, None)  # re-inserted as the latest
             rivals[folded] = None
+            binding.insert(0, folded)
             while len(rivals) > RIVALS_KEPT:
+                binding.remove(next(iter(rivals)))
                 del rivals[next(iter(rivals))]
         return (gap, distance), folded
 
-    def margin(sequence: str) -> float:
+    def margin(sequence: str, bar: float) -> float:
+        """min over rivals of E(rival) - E(target); stops early, with a value below `bar`,
+        once a rival brings it below `bar` (the candidate cannot be the widest)."""
         compound = RNA.fold_compound(sequence, model_details, RNA.OPTION_EVAL_ONLY)
         target = compound.eval_structure(structure)
-        return min(compound.eval_structure(rival) for rival in rivals) - target
+        least = math.inf
+        for k, rival in enumerate(binding):
+            least = min(least, compound.eval_structure(rival) - target)
+            if least < bar:
+                binding.insert(0, binding.pop(k))
+                break
+        return least
 
     def mutations(sequence: str, folded: str, reach: int) -> list[str]:
         folded_partner = pair_table(folded)
@@ -405,24 +418,28 @@ def rival_search(structure: str, constraint: str, starts: Sequence[str], deadlin
         region = {k for i in missed for k in range(i - reach, i + reach + 1)
                   if 0 <= k < len(partner)}
         region |= {partner[k] for k in region if partner[k] >= 0}
-        singles = []
+        singles = []  # each a {position: base} change of the sequence
         for k in sorted(region):
             if partner[k] >= 0 and partner[k] < k:
                 continue  # a pair is mutated from its 5' base
             for choice in dict.fromkeys(options[k]):
-                trial = list(sequence)
-                if partner[k] < 0:
-                    trial[k] = choice[0]
-                else:
-                    trial[k], trial[partner[k]] = choice
-                singles.append(trial)
-        candidates = dict.fromkeys("".join(t) for t in singles)  # ordered: same seed, same run
+                where = (k, partner[k]) if partner[k] >= 0 else (k,)
+                change = dict(zip(where, choice, strict=True))
+                singles.append({i: b for i, b in change.items() if b != sequence[i]})
+
+        def applied(*changes: dict[int, str]) -> str:
+            trial = list(sequence)
+            for change in changes:
+                for i, b in change.items():
+                    trial[i] = b
+            return "".join(trial)
+
+        candidates = dict.fromkeys(applied(c) for c in singles)  # ordered: same seed, same run
         for _ in range(4 * CANDIDATES_PER_FOLD):
             if len(candidates) >= CANDIDATES_PER_FOLD:
                 break
             first, second = rng.sample(singles, 2) if len(singles) > 1 else (singles[0],) * 2
-            candidates["".join(b if b != a else c for a, b, c in
-                               zip(sequence, first, second, strict=True))] = None
+            candidates[applied(second, first)] = None  # the first's change where they overlap
         return [c for c in candidates if c not in seen]
 
     current = None  # (sequence, (gap, distance), MFE structure): where the search is
@@ -448,8 +465,11 @@ def rival_search(structure: str, constraint: str, starts: Sequence[str], deadlin
                 break
             reach *= 2
             continue
-        scored = [(margin(c), rng.random(), c) for c in candidates]
-        trial = max(scored)[2]
+        widest = (-math.inf, 0.0, "")
+        for candidate in candidates:
+            tie_break = rng.random()
+            widest = max(widest, (margin(candidate, widest[0]), tie_break, candidate))
+        trial = widest[2]
         trial_cost, trial_folded = fold_in(trial)
         if trial_cost[1] == 0:
             return trial
