@@ -389,14 +389,15 @@ def rival_search(structure: str, constraint: str, starts: Sequence[str], deadlin
         seen.add(sequence)
         (distance, gap), folded = _evaluate(structure, sequence)
         if folded != structure:
-            if folded in rivals:
+            if folded in rivals:  # re-inserted as the latest
+                del rivals[folded]
                 binding.remove(folded)
-            rivals.pop(folded, None)  # re-inserted as the latest
             rivals[folded] = None
             binding.insert(0, folded)
             while len(rivals) > RIVALS_KEPT:
-                binding.remove(next(iter(rivals)))
-                del rivals[next(iter(rivals))]
+                oldest = next(iter(rivals))
+                del rivals[oldest]
+                binding.remove(oldest)
         return (gap, distance), folded
 
     def margin(sequence: str, bar: float) -> float:
