@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -234,6 +234,7 @@ class _Design:
     gap: float  # E(target) - G(ensemble), kcal/mol: -kT ln P(target)
     distance: int  # base-pair distance between the MFE structure and the target
     weights: np.ndarray  # per position: its ensemble defect, plus MFE_MISS if the MFE misses it
+    proposed: np.ndarray | None = None  # the proposal's base probabilities for this design
 
 
 MFE_MISS = 0.5  # extra position weight where the MFE structure differs from the target: a
@@ -272,12 +273,38 @@ def loop_preferences(partner: list[int]) -> dict[int, str]:
     return preferred
 
 
+BASES = "ACGU"  # the columns of a proposal's base probabilities
+# A model in the search's loop: a design -> (length, 4) base probabilities for its moves.
+Proposal = Callable[[str], np.ndarray]
+PROPOSAL_SHARE = 0.5  # of the ensemble search's redraws, drawn from a proposal when given
+
+
+def _proposed_change(k: int, partner: list[int], options: list[list[tuple[str, ...]]],
+                     proposed: np.ndarray, rng: random.Random) -> dict[int, str]:
+    """Position k's new base, or its pair's two, drawn by the proposal's base probabilities
+    among the options the constraint allows; empty if it gives them no weight."""
+    where = tuple(sorted((k, partner[k]))) if partner[k] >= 0 else (k,)
+    allowed = list(dict.fromkeys(options[where[0]]))
+    weights = [math.prod(proposed[w, BASES.index(b)] for w, b in zip(where, option, strict=True))
+               for option in allowed]
+    if sum(weights) <= 0:
+        return {}
+    return dict(zip(where, rng.choices(allowed, weights=weights)[0], strict=True))
+
+
 def _structured_move(sequence: list[str], i: int, partner: list[int],
                      options: list[list[tuple[str, ...]]], preferred: dict[int, str],
-                     rng: random.Random) -> None:
+                     rng: random.Random, proposed: np.ndarray | None = None) -> None:
     """Redraw position i (a pair as a pair), and half the time its neighbour: for a pair, a
-    pair stacked on it; for a loop base, the pair beside it."""
+    pair stacked on it; for a loop base, the pair beside it. With `proposed` (an (n, 4) array
+    of base probabilities, columns BASES), PROPOSAL_SHARE of the redraws are drawn from it."""
     def redraw(k: int) -> None:
+        if proposed is not None and rng.random() < PROPOSAL_SHARE:
+            change = _proposed_change(k, partner, options, proposed, rng)
+            for w, b in change.items():
+                sequence[w] = b
+            if change:
+                return
         if partner[k] < 0:
             if k in preferred and rng.random() < 0.5 and (preferred[k],) in options[k]:
                 sequence[k] = preferred[k]
@@ -301,12 +328,14 @@ def _structured_move(sequence: list[str], i: int, partner: list[int],
 
 def ensemble_search(structure: str, constraint: str, starts: Sequence[str], deadline: float,
                     rng: random.Random, frontier_size: int = 8, temperature: float = 1.0,
-                    max_steps: int | None = None) -> str:
+                    max_steps: int | None = None, proposal: Proposal | None = None) -> str:
     """Best design found by the deadline (time.monotonic()); returns at once when one folds
     into the target. The frontier starts from `starts` and targeted designs with random pair
     orientations; each step draws a parent (weight exp(-(gap - best gap) / temperature)), a
     position by its weight, and a structured move there, skipping sequences already seen.
-    The answer is the design whose MFE structure is closest to the target (then by gap)."""
+    The answer is the design whose MFE structure is closest to the target (then by gap).
+    A `proposal` (a model in the loop) gives each parent, once, base probabilities that a
+    share of its moves draw from."""
     partner_list = pair_table(structure)
     partner = np.array(partner_list)
     options = _choices(partner_list, constraint)
@@ -343,10 +372,13 @@ def ensemble_search(structure: str, constraint: str, starts: Sequence[str], dead
         gaps = np.array([d.gap for d in frontier])
         parent = frontier[rng.choices(range(len(frontier)),
                                       weights=np.exp(-(gaps - gaps[0]) / temperature))[0]]
+        if proposal is not None and parent.proposed is None:
+            parent.proposed = proposal(parent.sequence)
         for _ in range(20):  # a few tries at a sequence not seen before
             trial = list(parent.sequence)
             position = rng.choices(range(len(trial)), weights=parent.weights + 1e-3)[0]
-            _structured_move(trial, position, partner_list, options, preferred, rng)
+            _structured_move(trial, position, partner_list, options, preferred, rng,
+                             parent.proposed)
             sequence = "".join(trial)
             if sequence not in seen:
                 break
@@ -487,7 +519,8 @@ ENDGAME_SHARE = 0.25  # of walk_then_ensemble's time, for rival_search at the en
 
 def walk_then_ensemble(structure: str, constraint: str, starts: Sequence[str],
                        deadline: float, rng: random.Random,
-                       endgame_share: float = ENDGAME_SHARE) -> str:
+                       endgame_share: float = ENDGAME_SHARE,
+                       proposal: Proposal | None = None) -> str:
     """The adaptive walk for WALK_SHARE of the time, the ensemble search from the walk's
     design and the starts, then, for the last `endgame_share` of the time, rival_search from
     the best two (the answer is the ensemble search's unless the end game gets closer). The
@@ -495,7 +528,7 @@ def walk_then_ensemble(structure: str, constraint: str, starts: Sequence[str],
     well under a second); the ensemble search where every single mutation leaves the MFE
     structure as wrong as before (lone pairs, long helices held apart); the end game where a
     design misses by a near-tie that the ensemble objective no longer sees. An endless
-    deadline is the walk's alone."""
+    deadline is the walk's alone. A `proposal` goes to the ensemble search."""
     now = time.monotonic()
     walked = adaptive_walk(structure, constraint, starts, now + WALK_SHARE * (deadline - now),
                            rng)
@@ -503,7 +536,8 @@ def walk_then_ensemble(structure: str, constraint: str, starts: Sequence[str],
         return walked
     now = time.monotonic()
     ensemble_end = deadline - endgame_share * (deadline - now)
-    designed = ensemble_search(structure, constraint, [walked, *starts], ensemble_end, rng)
+    designed = ensemble_search(structure, constraint, [walked, *starts], ensemble_end, rng,
+                               proposal=proposal)
     if endgame_share == 0 or fold(designed)[0] == structure:
         return designed
     return rival_search(structure, constraint, [designed, walked], deadline, rng)
@@ -536,15 +570,17 @@ def parts(partner: list[int], longest: int = PART_LENGTH) -> list[tuple[int, int
 
 
 def design_by_parts(structure: str, constraint: str, starts: Sequence[str], deadline: float,
-                    rng: random.Random, endgame_share: float = ENDGAME_SHARE) -> str:
+                    rng: random.Random, endgame_share: float = ENDGAME_SHARE,
+                    proposal: Proposal | None = None) -> str:
     """Targets up to PART_LENGTH: walk_then_ensemble. Longer ones: for PART_SHARE of the time,
     each part (see `parts`) designed alone by walk_then_ensemble from its bases in the first
     start, in time shares by length (an identical part is designed once); the parts put into
     that start; then walk_then_ensemble on the whole from it. A part's fold is cheap where
     the whole's is not (a fold costs about the cube of the length): parts get hundreds of
-    times more folds than the whole would."""
+    times more folds than the whole would. A `proposal` sees a part's design in the whole."""
     if len(structure) <= PART_LENGTH:
-        return walk_then_ensemble(structure, constraint, starts, deadline, rng, endgame_share)
+        return walk_then_ensemble(structure, constraint, starts, deadline, rng, endgame_share,
+                                  proposal)
     design = list(starts[0] if starts else targeted_design(structure, constraint, rng))
     now = time.monotonic()
     parts_end = now + PART_SHARE * (deadline - now)
@@ -558,11 +594,18 @@ def design_by_parts(structure: str, constraint: str, starts: Sequence[str], dead
             share = (j - i + 1) / left
             designed[key] = walk_then_ensemble(*key, ["".join(design[i:j + 1])],
                                                now + share * (parts_end - now), rng,
-                                               endgame_share)
+                                               endgame_share, _in_part(proposal, design, i, j))
         left -= j - i + 1
         design[i:j + 1] = designed[key]
     return walk_then_ensemble(structure, constraint, ["".join(design), *starts], deadline, rng,
-                              endgame_share)
+                              endgame_share, proposal)
+
+
+def _in_part(proposal: Proposal | None, design: list[str], i: int, j: int) -> Proposal | None:
+    """The proposal for positions i..j, given the rest of the design as it is then."""
+    if proposal is None:
+        return None
+    return lambda part: proposal("".join(design[:i]) + part + "".join(design[j + 1:]))[i:j + 1]
 
 
 # Each stage's ablation by name: "parts" and "walk_then_ensemble" are the stages without the

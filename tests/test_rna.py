@@ -11,6 +11,7 @@ import random
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -312,6 +313,67 @@ def test_ensemble_search_never_evaluates_a_sequence_twice_and_starts_from_its_st
     assert evaluated[0] == start
     assert len(evaluated) == len(set(evaluated)) <= 300
     assert design in evaluated
+
+
+def test_a_proposal_in_the_loop_steers_the_ensemble_search_within_the_constraint(monkeypatch):
+    """The hook a model in the loop plugs into: each parent's base probabilities are asked
+    for once, and a share of the moves draw from them, never against the constraint. A
+    proposal that knows a solution of Eterna100 #67 reaches one in fewer evaluations than
+    the search without it (same seed, deterministic); one that knows the solution except
+    where the constraint forbids it still designs within the constraint."""
+    free = "N" * len(SINGLE_BOND)
+    solution = ensemble_search(SINGLE_BOND, free, [], math.inf, random.Random(0),
+                               max_steps=3000)
+    assert fold(solution)[0] == SINGLE_BOND
+    knows = np.full((len(SINGLE_BOND), 4), 0.01)
+    for k, base in enumerate(solution):
+        knows[k, rna_search.BASES.index(base)] = 1.0
+
+    evaluated, asked = [], []
+    original = rna_search._ensemble_evaluate
+
+    def recording(structure, partner, sequence):
+        evaluated.append(sequence)
+        return original(structure, partner, sequence)
+
+    def proposal(sequence):
+        asked.append(sequence)
+        return knows
+
+    monkeypatch.setattr(rna_search, "_ensemble_evaluate", recording)
+    ensemble_search(SINGLE_BOND, free, [], math.inf, random.Random(1), max_steps=3000)
+    alone = len(evaluated)
+    evaluated.clear()
+    guided = ensemble_search(SINGLE_BOND, free, [], math.inf, random.Random(1),
+                             max_steps=3000, proposal=proposal)
+    assert fold(guided)[0] == SINGLE_BOND
+    assert len(evaluated) < alone
+    assert len(asked) == len(set(asked)) and set(asked) <= set(evaluated)
+
+    loop = SINGLE_BOND.index(".")
+    other = next(b for b in "ACGU" if b != solution[loop])
+    constraint = free[:loop] + other + free[loop + 1:]
+    constrained = ensemble_search(SINGLE_BOND, constraint, [], math.inf, random.Random(1),
+                                  max_steps=3000, proposal=proposal)
+    assert constrained[loop] == other
+
+
+def test_a_part_designed_alone_gets_the_proposal_of_its_positions_in_the_whole():
+    """design_by_parts designs a part on its own; its proposal is the whole's, asked with the
+    part in place in the design as it is then, cut to the part's rows."""
+    design = list("AAAAAAAAAA")
+    whole = []
+
+    def proposal(sequence):
+        whole.append(sequence)
+        return np.arange(len(sequence) * 4, dtype=float).reshape(-1, 4)
+
+    in_part = rna_search._in_part(proposal, design, 3, 6)
+    assert in_part("GGCC").tolist() == np.arange(12, 28, dtype=float).reshape(4, 4).tolist()
+    design[0] = "U"  # an earlier part designed in the meantime
+    in_part("CCGG")
+    assert whole == ["AAAGGCCAAA", "UAACCGGAAA"]
+    assert rna_search._in_part(None, design, 3, 6) is None
 
 
 def test_rival_search_never_folds_a_sequence_twice_and_starts_from_its_starts(monkeypatch):
@@ -717,6 +779,47 @@ def test_eterna100_benchmark_runs_and_prints_its_table(tmp_path):
     not_seconds = benchmark("--puzzles", "1", "--budget", "1,ten")
     assert not_seconds.returncode != 0
     assert "--budget 1,ten: seconds per puzzle" in not_seconds.stderr.strip().splitlines()[-1]
+
+
+def test_proposal_headroom_benchmark_runs_and_prints_its_table(tmp_path):
+    """benchmarks/rna_proposal_headroom.py end to end on puzzle 1 with its published player
+    solution, without a proposal and with the oracle that knows every unit; a missing
+    solutions file is one line with the URL, a solution of another puzzle one line too."""
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    dataset_dir("rna")
+    header = ("Puzzle #\tPuzzle Name\tSecondary Structure V1\tSecondary Structure V2\t"
+              "Sample Solution (V2/Vienna2)\n")
+    solutions = tmp_path / "eterna100_puzzles.tsv"
+    solutions.write_text(header + "1\tSimple Hairpin\t(((((......)))))\t(((((......)))))\t"
+                         "CAGGGGAAAAACUCUG\n")
+
+    def benchmark(*options):
+        return subprocess.run(
+            [sys.executable, str(REPO / "benchmarks" / "rna_proposal_headroom.py"),
+             "--budget", "1", "--puzzles", "1", "--knows", "none,1",
+             "--results", str(tmp_path / "headroom.jsonl"), *options],
+            capture_output=True, text=True, timeout=120)
+
+    result = benchmark("--solutions", str(solutions))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| none | 1.0 +- 0.0 / 1 | 1 | 1 |" in result.stdout, result.stdout
+    assert "| 1 | 1.0 +- 0.0 / 1 | 1 | 1 |" in result.stdout, result.stdout
+    records = [json.loads(line) for line in (tmp_path / "headroom.jsonl").read_text().splitlines()]
+    assert sorted(r["knows"] for r in records) == ["1", "none"]
+    assert all(fold(r["design"])[0] == "(((((......)))))" for r in records)
+
+    missing = benchmark("--solutions", str(tmp_path / "absent.tsv"))
+    assert missing.returncode != 0
+    assert ("absent.tsv: no such file; download it from https://raw.githubusercontent.com/"
+            in missing.stderr.strip().splitlines()[-1])
+    solutions.write_text(header + "1\tSimple Hairpin\t((((....))))\t((((....))))\tGGGGAAAACCCC\n")
+    other = benchmark("--solutions", str(solutions))
+    assert other.returncode != 0
+    assert "puzzle 1's V2 structure differs" in other.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.timeout(400)
