@@ -6,11 +6,14 @@ Everything goes through the real commands (t2t-train, t2t-eval), as a user would
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 # The local copies of the real datasets (../shared/datasets beside the checkout); on another
@@ -30,6 +33,27 @@ def run(command: list[str]) -> str:
     if result.returncode != 0:
         sys.exit(f"failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return result.stdout
+
+
+def appended(path: Path, key: Callable[[dict], tuple]) -> dict[tuple, dict]:
+    """A results file written one JSON line per measurement (so that a rerun skips what is
+    there), by key; none if it does not exist yet."""
+    if not path.is_file():
+        return {}
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {key(record): record for record in records}
+
+
+def measure(job: Callable, todo: list, *, results: Path, workers: int,
+            describe: Callable[[dict], str]) -> Iterator[dict]:
+    """job(item) for each item of todo, `workers` at once (threads: a job forks its own
+    process), each record appended to `results` and printed by `describe` as it comes."""
+    with ThreadPoolExecutor(workers) as pool, open(results, "a") as out:
+        for record in pool.map(job, todo):
+            out.write(json.dumps(record) + "\n")
+            out.flush()
+            print(describe(record), flush=True)
+            yield record
 
 
 def hms(minutes: float) -> str:

@@ -32,7 +32,7 @@ import subprocess
 from pathlib import Path
 
 import yaml
-from budget import SHARED, evaluate, run, script
+from budget import SHARED, appended, evaluate, run, script
 
 EXPERIMENTS = {"quickstart": "quickstart", "real": "anything_to_anything"}
 MODEL_ONLY = ("decode.best_of=0",)  # and beam 1: greedy
@@ -108,10 +108,7 @@ def score(member: dict, checkpoint: Path, args) -> float:
 
 
 def load_scores(path: Path) -> dict[tuple, dict]:
-    if not path.exists():
-        return {}
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {(r["seed"], r["member"], r["kind"]): r for r in rows}
+    return appended(path, lambda r: (r["seed"], r["member"], r["kind"]))
 
 
 def measure_seed(seed: int, members: list[dict], experiment: str, args, scores: dict,

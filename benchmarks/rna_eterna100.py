@@ -25,15 +25,15 @@ Solved: ACGU only, the target's length, and RNA.fold(sequence)[0] == target.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import random
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 
-from budget import SHARED, hms, run, script
+from budget import SHARED, appended, hms, measure, run, script
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -64,12 +64,24 @@ def _child(method: str, structure: str, budget: float, seed: int, queue) -> None
     design(method, structure, budget, seed, queue.put)
 
 
-def solve(method: str, structure: str, budget: float, seed: int) -> tuple[str | None, float]:
-    """Best design a method finds within the budget (hard: the process is stopped)."""
+def _reporting(target, args: tuple, queue) -> None:
+    """target(*args, queue), and its traceback on the queue if it fails (the exit code does
+    not say: a process forked from a worker thread exits with 1 even when it succeeds)."""
+    try:
+        target(*args, queue)
+    except BaseException:
+        queue.put(("failed", traceback.format_exc()))
+        raise
+
+
+def run_stopped(target, args: tuple, budget: float, what: str) -> tuple[str | None, float]:
+    """The last design `target(*args, queue)` put on its queue, run in a process of its own
+    that is stopped 2 s after the budget (a hard limit), and the seconds it took. A process
+    that fails raises, naming `what` it was doing: a crash is not an unsolved puzzle."""
     queue = multiprocessing.Queue()
     start = time.monotonic()
-    process = multiprocessing.Process(target=_child, args=(method, structure, budget, seed,
-                                                           queue), daemon=True)
+    process = multiprocessing.Process(target=_reporting, args=(target, args, queue),
+                                      daemon=True)
     process.start()
     process.join(budget + 2)
     if process.is_alive():
@@ -78,7 +90,15 @@ def solve(method: str, structure: str, budget: float, seed: int) -> tuple[str | 
     best = None
     while not queue.empty():
         best = queue.get()
+        if isinstance(best, tuple):
+            raise RuntimeError(f"{what}: the design process failed:\n{best[1]}")
     return best, time.monotonic() - start
+
+
+def solve(method: str, structure: str, budget: float, seed: int,
+          what: str) -> tuple[str | None, float]:
+    """Best design a method finds within the budget (hard: the process is stopped)."""
+    return run_stopped(_child, (method, structure, budget, seed), budget, what)
 
 
 def judge(structure: str, sequence: str | None) -> tuple[bool, float]:
@@ -95,7 +115,8 @@ def judge(structure: str, sequence: str | None) -> tuple[bool, float]:
 def job(args: tuple) -> dict:
     label, budget, seed, puzzle = args
     method = label.partition(":")[0]
-    sequence, seconds = solve(method, puzzle["structure"], budget, seed)
+    sequence, seconds = solve(method, puzzle["structure"], budget, seed,
+                              f"{label} at {budget:g} s, seed {seed}, puzzle {puzzle['id']}")
     solved, distance = judge(puzzle["structure"], sequence)
     return {"method": label, "budget": budget, "seed": seed, "id": puzzle["id"],
             "name": puzzle["name"],
@@ -172,31 +193,22 @@ def main() -> None:
 
     results_path = Path(args.results)
     results_path.parent.mkdir(parents=True, exist_ok=True)
-    done = {}
-    if results_path.is_file():
-        for line in results_path.read_text().splitlines():
-            record = json.loads(line)
-            # Rows written before budgets were recorded all ran at the 60 s default.
-            key = (record["method"], record.get("budget", 60.0), record["seed"], record["id"])
-            done[key] = record
+    # Rows written before budgets were recorded all ran at the 60 s default.
+    done = appended(results_path, lambda r: (r["method"], r.get("budget", 60.0), r["seed"],
+                                             r["id"]))
     todo = [(m, b, s, p) for m in labels for b in budgets for s in range(args.seeds)
             for p in puzzles if (m, b, s, p["id"]) not in done]
     print(f"{len(puzzles)} puzzles x {len(methods)} methods x {len(budgets)} budgets "
           f"({args.budget} s) x {args.seeds} seeds, {args.workers} at once; {len(done)} done, "
           f"{len(todo)} to go", flush=True)
     start = time.monotonic()
-    # Threads, not processes, hand out the jobs: each job forks its own process anyway.
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(args.workers) as pool, open(results_path, "a") as out:
-        for record in pool.map(job, todo):
-            done[(record["method"], record["budget"], record["seed"], record["id"])] = record
-            out.write(json.dumps(record) + "\n")
-            out.flush()
-            print(f"{record['method']:8s} {record['budget']:g} s seed {record['seed']} "
-                  f"#{record['id']:>3s} "
-                  f"len {record['length']:3d} {'solved' if record['solved'] else 'unsolved':8s}"
-                  f" {record['seconds']:6.1f} s", flush=True)
+    for record in measure(job, todo, results=results_path, workers=args.workers,
+                          describe=lambda r: (
+                              f"{r['method']:8s} {r['budget']:g} s seed {r['seed']} "
+                              f"#{r['id']:>3s} len {r['length']:3d} "
+                              f"{'solved' if r['solved'] else 'unsolved':8s} "
+                              f"{r['seconds']:6.1f} s")):
+        done[(record["method"], record["budget"], record["seed"], record["id"])] = record
     wall = time.monotonic() - start
 
     ids = {p["id"] for p in puzzles}

@@ -4,13 +4,14 @@ proposal, on the Eterna100 v2 puzzles the search alone does not always solve.
 A proposal gives the ensemble search base probabilities that PROPOSAL_SHARE of its moves draw
 from (`problems/rna_search.py`, the hook a trained model plugs into). The oracle here knows a
 published player solution (eternagame/eterna100-benchmarking, `data/eterna100_puzzles.tsv`,
-column "Sample Solution (V2/Vienna2)"; all fold into their targets under ViennaRNA 2). At
-knowledge f, each design unit (a loop base, or a pair) has the solution's bases with
-probability f, drawn once per puzzle and seed; the other units have what the targeted-design
-heuristic would put there (A in loops, the G-A hairpin mismatch, GC or CG in pairs at even
-odds), which is what the rna_design models trained on this CPU predict (their likeliest base
-is the heuristic's at 879 of 881 positions: rna_eterna100.md). Every unit keeps EPSILON of
-uniform weight. f = 0 is such a model in the loop; "none" is the search without a proposal.
+column "Sample Solution (V2/Vienna2)"; all fold into their targets under ViennaRNA 2; a
+puzzle without one, #100, is left out). At knowledge f, each design unit (a loop base, or a
+pair) has the solution's bases with probability f, drawn once per puzzle and seed; the other
+units have what the targeted-design heuristic would put there (A in loops, the G-A hairpin
+mismatch, GC or CG in pairs at even odds), which is what the rna_design models trained on
+this CPU predict (their likeliest base is the heuristic's at 879 of 881 positions:
+rna_eterna100.md). Every unit keeps EPSILON of uniform weight. f = 0 is such a model in the
+loop; "none" is the search without a proposal.
 
     python benchmarks/rna_proposal_headroom.py --solutions eterna100_puzzles.tsv \
         --knows none,0,0.25,0.5 --budget 60 --seeds 1 [--puzzles 60,64] [--workers 2]
@@ -23,17 +24,15 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
-import multiprocessing
 import random
 import statistics
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from budget import SHARED
+from budget import SHARED, appended, measure
+from rna_eterna100 import judge, run_stopped
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -87,22 +86,10 @@ def _child(structure: str, solution: str, knows: str, budget: float, seed: int,
 
 def job(args: tuple) -> dict:
     knows, budget, seed, puzzle = args
-    queue = multiprocessing.Queue()
-    start = time.monotonic()
-    process = multiprocessing.Process(target=_child, daemon=True, args=(
-        puzzle["structure"], puzzle["solution"], knows, budget, seed, queue))
-    process.start()
-    process.join(budget + 2)
-    if process.is_alive():
-        process.terminate()
-        process.join()
-    seconds = time.monotonic() - start
-    design = None
-    while not queue.empty():
-        design = queue.get()
-    import RNA
-
-    solved = bool(design) and RNA.fold(design)[0] == puzzle["structure"]
+    design, seconds = run_stopped(
+        _child, (puzzle["structure"], puzzle["solution"], knows, budget, seed), budget,
+        f"knows {knows}, seed {seed}, puzzle {puzzle['id']}")
+    solved, _ = judge(puzzle["structure"], design)
     return {"knows": knows, "budget": budget, "seed": seed, "id": puzzle["id"],
             "length": len(puzzle["structure"]), "design": design, "solved": solved,
             "seconds": round(seconds, 2)}
@@ -143,31 +130,29 @@ def main() -> None:
             if known is None or known["structure"] != puzzle["structure"]:
                 raise SystemExit(f"--solutions {args.solutions}: puzzle {puzzle['id']}'s V2 "
                                  f"structure differs from Eterna100 v2's; is it {SOLUTIONS_URL}?")
+            if len(known["solution"]) != len(known["structure"]) or set(known["solution"]) - set(
+                    "ACGU"):
+                print(f"puzzle {puzzle['id']} left out: no published solution "
+                      f"({known['solution']})", flush=True)
+                continue
             puzzles.append(known)
     levels = args.knows.split(",")
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
-    done = {}
-    if results.is_file():
-        for line in results.read_text().splitlines():
-            r = json.loads(line)
-            done[(r["knows"], r["budget"], r["seed"], r["id"])] = r
+    done = appended(results, lambda r: (r["knows"], r["budget"], r["seed"], r["id"]))
     # Interleaved (each puzzle and seed at every level in turn): no level gets a quieter machine.
     todo = [(k, args.budget, s, p) for s in range(args.seeds) for p in puzzles for k in levels
             if (k, args.budget, s, p["id"]) not in done]
     print(f"{len(puzzles)} puzzles x {len(levels)} levels x {args.seeds} seeds at "
           f"{args.budget:g} s; {len(todo)} to go", flush=True)
-    with ThreadPoolExecutor(args.workers) as pool, open(results, "a") as out:
-        for r in pool.map(job, todo):
-            done[(r["knows"], r["budget"], r["seed"], r["id"])] = r
-            out.write(json.dumps(r) + "\n")
-            out.flush()
-            print(f"knows {r['knows']:5s} seed {r['seed']} #{r['id']:>3s} len {r['length']:3d} "
-                  f"{'solved' if r['solved'] else 'unsolved':8s} {r['seconds']:6.1f} s",
-                  flush=True)
+    for r in measure(job, todo, results=results, workers=args.workers, describe=lambda r: (
+            f"knows {r['knows']:5s} seed {r['seed']} #{r['id']:>3s} len {r['length']:3d} "
+            f"{'solved' if r['solved'] else 'unsolved':8s} {r['seconds']:6.1f} s")):
+        done[(r["knows"], r["budget"], r["seed"], r["id"])] = r
 
     ids = {p["id"] for p in puzzles}
-    print(f"\n{len(puzzles)} Eterna100 v2 puzzles ({args.puzzles}), {args.budget:g} s each\n")
+    print(f"\n{len(puzzles)} Eterna100 v2 puzzles ({','.join(p['id'] for p in puzzles)}), "
+          f"{args.budget:g} s each\n")
     print("| oracle knows | solved (mean +- sd over seeds) | per seed | solved puzzles | "
           "mean seconds to solve |")
     print("|---|---|---|---|---|")

@@ -138,3 +138,38 @@ def test_resumed_mixture_run_continues_the_schedule(tmp_path):
                           "input=1234", cwd=tmp_path)
     assert decoded.returncode == 0, decoded.stderr[-2000:]
     assert set(decoded.stdout.strip()) <= set("0123456789")
+
+
+def test_joint_vs_single_table_reads_the_recorded_scores(tmp_path):
+    """benchmarks/joint_vs_single.py --table prints member x {single, joint} from the scores a
+    run appended (mean ± sd over the seeds asked for, + where the joint model is better by
+    the metric's direction), and trains nothing; a member not yet measured shows '-'."""
+    import json
+
+    from .conftest import REPO
+
+    scores = [  # (seed, member, kind, steps, metric, value)
+        (1, "algorithmic_reverse", "single", 400, "exact_match", 0.9),
+        (2, "algorithmic_reverse", "single", 410, "exact_match", 1.0),
+        (1, "algorithmic_reverse", "joint", 400, "exact_match", 0.95),
+        (2, "algorithmic_reverse", "joint", 410, "exact_match", 0.95),
+        (1, "ocr_rendered_text", "single", 900, "cer", 0.02),
+        (1, "ocr_rendered_text", "joint", 900, "cer", 0.01),
+        (3, "ocr_rendered_text", "joint", 905, "cer", 0.5),  # a seed not asked for
+    ]
+    fields = ("seed", "member", "kind", "steps", "metric", "value")
+    (tmp_path / "scores.jsonl").write_text("".join(
+        json.dumps(dict(zip(fields, row, strict=True))) + "\n" for row in scores))
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "joint_vs_single.py"), "--mixture",
+         "quickstart", "--seeds", "1", "2", "--run-root", str(tmp_path), "--table"],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {line.split(" | ")[0].strip("| "): line for line in result.stdout.splitlines()
+            if line.startswith("| ")}
+    assert rows["algorithmic_reverse"] == ("| algorithmic_reverse | exact_match (higher) | "
+                                           "400, 410 | 0.950 ± 0.071 | 0.950 ± 0.000 | +0.0% |")
+    assert rows["ocr_rendered_text"] == ("| ocr_rendered_text | cer (lower) | 900 | "
+                                         "0.020 ± 0.000 | 0.010 ± 0.000 | +50.0% |")
+    assert rows["morse_code"] == "| morse_code | cer (lower) | - | - | - | - |"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.jsonl"]

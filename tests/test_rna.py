@@ -783,29 +783,33 @@ def test_eterna100_benchmark_runs_and_prints_its_table(tmp_path):
 
 def test_proposal_headroom_benchmark_runs_and_prints_its_table(tmp_path):
     """benchmarks/rna_proposal_headroom.py end to end on puzzle 1 with its published player
-    solution, without a proposal and with the oracle that knows every unit; a missing
-    solutions file is one line with the URL, a solution of another puzzle one line too."""
+    solution, without a proposal and with the oracle that knows every unit; a puzzle whose
+    solution is undisclosed is left out, saying so; a missing solutions file is one line with
+    the URL, a solution of another puzzle one line too."""
     import subprocess
     import sys
 
     from .conftest import REPO
 
-    dataset_dir("rna")
+    second = RnaEterna100(version="v2", raw_dir=str(dataset_dir("rna"))).puzzles()[1]
     header = ("Puzzle #\tPuzzle Name\tSecondary Structure V1\tSecondary Structure V2\t"
               "Sample Solution (V2/Vienna2)\n")
     solutions = tmp_path / "eterna100_puzzles.tsv"
     solutions.write_text(header + "1\tSimple Hairpin\t(((((......)))))\t(((((......)))))\t"
-                         "CAGGGGAAAAACUCUG\n")
+                         "CAGGGGAAAAACUCUG\n"
+                         f"2\tsecond\t-\t{second['structure']}\t(Undisclosed)\n")
 
     def benchmark(*options):
         return subprocess.run(
             [sys.executable, str(REPO / "benchmarks" / "rna_proposal_headroom.py"),
-             "--budget", "1", "--puzzles", "1", "--knows", "none,1",
+             "--budget", "1", "--puzzles", "1,2", "--knows", "none,1",
              "--results", str(tmp_path / "headroom.jsonl"), *options],
             capture_output=True, text=True, timeout=120)
 
     result = benchmark("--solutions", str(solutions))
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "puzzle 2 left out: no published solution ((Undisclosed))" in result.stdout
+    assert "1 Eterna100 v2 puzzles (1), 1 s each" in result.stdout
     assert "| none | 1.0 +- 0.0 / 1 | 1 | 1 |" in result.stdout, result.stdout
     assert "| 1 | 1.0 +- 0.0 / 1 | 1 | 1 |" in result.stdout, result.stdout
     records = [json.loads(line) for line in (tmp_path / "headroom.jsonl").read_text().splitlines()]
@@ -820,6 +824,44 @@ def test_proposal_headroom_benchmark_runs_and_prints_its_table(tmp_path):
     other = benchmark("--solutions", str(solutions))
     assert other.returncode != 0
     assert "puzzle 1's V2 structure differs" in other.stderr.strip().splitlines()[-1]
+
+
+def _puts_then_sleeps(queue) -> None:
+    queue.put("GGGAAACCC")
+    queue.put("GGGGAAACCCC")
+    time.sleep(60)
+
+
+def _returns(queue) -> None:
+    queue.put("GAAAC")
+
+
+def _fails(queue) -> None:
+    queue.put("GGGAAACCC")
+    raise ValueError("a bug in a search")
+
+
+def test_a_benchmark_design_process_is_stopped_at_its_budget_and_a_crash_is_not_unsolved(
+        monkeypatch):
+    """The Eterna100 benchmarks run each design in its own process: stopped 2 s after the
+    budget, the last design it reported is judged; one that fails stops the benchmark with
+    what it was doing, not a row that says unsolved."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .conftest import REPO
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from rna_eterna100 import run_stopped
+
+    design, seconds = run_stopped(_puts_then_sleeps, (), 0.5, "puzzle 1")
+    assert design == "GGGGAAACCCC"
+    assert 2.4 < seconds < 30
+    with pytest.raises(RuntimeError, match=r"^knows 0, puzzle 7: the design process failed:\n"
+                                           r"(.|\n)*ValueError: a bug in a search"):
+        run_stopped(_fails, (), 5.0, "knows 0, puzzle 7")
+    # From a worker thread, as the benchmarks run it (such a process exits with 1 either way).
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(run_stopped, _returns, (), 5.0, "puzzle 1").result()[0] == "GAAAC"
 
 
 @pytest.mark.timeout(400)
