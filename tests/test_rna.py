@@ -449,7 +449,8 @@ def test_parts_are_the_largest_pair_closed_substructures_that_fit():
 def test_design_by_parts_designs_each_distinct_part_once_then_the_whole(monkeypatch):
     calls = []
 
-    def recording(structure, constraint, starts, deadline, rng, endgame_share):
+    def recording(structure, constraint, starts, deadline, rng, endgame_share, proposal):
+        assert proposal is None  # none given: none passed on, to a part or to the whole
         calls.append((structure, list(starts)))
         return "GGGGAAAACCCC" if len(structure) == 12 else starts[0]
 
