@@ -193,9 +193,10 @@ def main() -> None:
 
     results_path = Path(args.results)
     results_path.parent.mkdir(parents=True, exist_ok=True)
-    # Rows written before budgets were recorded all ran at the 60 s default.
-    done = appended(results_path, lambda r: (r["method"], r.get("budget", 60.0), r["seed"],
-                                             r["id"]))
+    def key(r: dict) -> tuple:  # rows written before budgets were recorded ran at 60 s
+        return r["method"], r.get("budget", 60.0), r["seed"], r["id"]
+
+    done = appended(results_path, key)
     todo = [(m, b, s, p) for m in labels for b in budgets for s in range(args.seeds)
             for p in puzzles if (m, b, s, p["id"]) not in done]
     print(f"{len(puzzles)} puzzles x {len(methods)} methods x {len(budgets)} budgets "
@@ -208,7 +209,7 @@ def main() -> None:
                               f"#{r['id']:>3s} len {r['length']:3d} "
                               f"{'solved' if r['solved'] else 'unsolved':8s} "
                               f"{r['seconds']:6.1f} s")):
-        done[(record["method"], record["budget"], record["seed"], record["id"])] = record
+        done[key(record)] = record
     wall = time.monotonic() - start
 
     ids = {p["id"] for p in puzzles}

@@ -139,7 +139,10 @@ def main() -> None:
     levels = args.knows.split(",")
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
-    done = appended(results, lambda r: (r["knows"], r["budget"], r["seed"], r["id"]))
+    def key(r: dict) -> tuple:
+        return r["knows"], r["budget"], r["seed"], r["id"]
+
+    done = appended(results, key)
     # Interleaved (each puzzle and seed at every level in turn): no level gets a quieter machine.
     todo = [(k, args.budget, s, p) for s in range(args.seeds) for p in puzzles for k in levels
             if (k, args.budget, s, p["id"]) not in done]
@@ -148,7 +151,7 @@ def main() -> None:
     for r in measure(job, todo, results=results, workers=args.workers, describe=lambda r: (
             f"knows {r['knows']:5s} seed {r['seed']} #{r['id']:>3s} len {r['length']:3d} "
             f"{'solved' if r['solved'] else 'unsolved':8s} {r['seconds']:6.1f} s")):
-        done[(r["knows"], r["budget"], r["seed"], r["id"])] = r
+        done[key(r)] = r
 
     ids = {p["id"] for p in puzzles}
     print(f"\n{len(puzzles)} Eterna100 v2 puzzles ({','.join(p['id'] for p in puzzles)}), "
