@@ -784,7 +784,8 @@ def test_eterna100_benchmark_runs_and_prints_its_table(tmp_path):
 
 def test_proposal_headroom_benchmark_runs_and_prints_its_table(tmp_path):
     """benchmarks/rna_proposal_headroom.py end to end on puzzle 1 with its published player
-    solution, without a proposal and with the oracle that knows every unit; a puzzle whose
+    solution, without a proposal and with the oracle that knows every unit (proposing moves,
+    then as the start); a puzzle whose
     solution is undisclosed is left out, saying so; a missing solutions file is one line with
     the URL, a solution of another puzzle one line too."""
     import subprocess
@@ -816,6 +817,18 @@ def test_proposal_headroom_benchmark_runs_and_prints_its_table(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "headroom.jsonl").read_text().splitlines()]
     assert sorted(r["knows"] for r in records) == ["1", "none"]
     assert all(fold(r["design"])[0] == "(((((......)))))" for r in records)
+
+    # As the start: the search keeps a start that folds right (every unit the solution's),
+    # and the oracle-free rows are the same whatever the role, so they are not run again.
+    start = benchmark("--solutions", str(solutions), "--role", "start")
+    assert start.returncode == 0, start.stderr[-2000:]
+    assert "the oracle's role: start; 1 to go" in start.stdout, start.stdout
+    assert "a targeted design has the published solution's bases at" in start.stdout
+    assert "| 1 | 1.0 +- 0.0 / 1 | 1 | 1 |" in start.stdout, start.stdout
+    records = [json.loads(line) for line in (tmp_path / "headroom.jsonl").read_text().splitlines()]
+    started = [r for r in records if r.get("role") == "start"]
+    assert [(r["knows"], r["design"]) for r in started] == [("1", "CAGGGGAAAAACUCUG")]
+    assert "| 1 | 1.0 +- 0.0 / 1 | 1 | 1 | 0.0 | 100.0%, 100.0% |" in start.stdout
 
     missing = benchmark("--solutions", str(tmp_path / "absent.tsv"))
     assert missing.returncode != 0
