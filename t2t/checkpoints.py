@@ -55,12 +55,16 @@ def resumable_checkpoint(directory: Path, expected: dict[str, Any],
     """last.ckpt, or the newest other checkpoint when last.ckpt cannot be read (a disk that
     filled up, a copy cut short); None when there is none (a fresh run). `expected` is this
     run's checkpoint info: a checkpoint of other problems or another model is an error."""
+    from t2t.inference import UnsafeCheckpoint, read_checkpoint
+
     found = sorted(directory.glob("*.ckpt"), key=lambda p: (p.name != "last.ckpt",
                                                             -p.stat().st_mtime))
     problems = []
     for path in found:
         try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+            checkpoint = read_checkpoint(path, mmap=True)
+        except UnsafeCheckpoint:
+            raise
         except Exception as error:  # truncated or not a checkpoint: try the next one
             problems.append(f"{path} ({str(error).splitlines()[0]})")
             warn(f"t2t-train: cannot read checkpoint {problems[-1]}; trying an older one")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -33,13 +34,38 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+class UnsafeCheckpoint(UserError):
+    """A checkpoint holding Python objects that unpickling would have to import and call."""
+
+
+def read_checkpoint(path: Path, mmap: bool = False) -> Any:
+    """A checkpoint's contents, read as tensors and plain data only (torch's weights_only):
+    checkpoints are downloaded and shared, and unpickling anything else can run code. Raises
+    UnsafeCheckpoint for such a file, and torch's own error for one that is not a
+    checkpoint at all (truncated, foreign)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as error:
+        # An import (a pickle GLOBAL) is how a pickle reaches code; other refusals are files
+        # that are not checkpoints at all.
+        imports = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line]
+        if not imports:
+            raise
+        raise UnsafeCheckpoint(
+            f"refusing checkpoint {path}: it holds Python objects beyond tensors and plain "
+            f"data ({imports[0]}), and loading them could run code; use checkpoints written "
+            f"by t2t-train, from sources you trust") from None
+
+
 def load_checkpoint(path: str | Path) -> tuple[T2TModel, list[Problem]]:
     """The model (eval mode, CPU) and the problems it was trained on, with their vocabularies."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found; pass ckpt=RUN_DIR/checkpoints/last.ckpt")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = read_checkpoint(path)
+    except UnsafeCheckpoint:
+        raise
     except Exception as error:  # a truncated or foreign file
         raise UserError(f"cannot read checkpoint {path}: {error}") from None
     info = checkpoint.get("t2t") if isinstance(checkpoint, dict) else None

@@ -70,7 +70,7 @@ def measure(experiment: str, workdir: Path) -> dict:
     import torch
 
     state = torch.load(workdir / "run" / "checkpoints" / "last.ckpt", map_location="cpu",
-                       weights_only=False)["state_dict"]
+                       weights_only=True)["state_dict"]
     parameters = [[list(t.shape), float(t.double().sum()), float(t.double().abs().sum())]
                   for t in state.values() if t.is_floating_point()]
 

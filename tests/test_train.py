@@ -36,7 +36,7 @@ def test_train_then_decode_and_eval(tmp_path):
     assert "metrics after 30 steps" in result.stdout and "exact_match" in result.stdout
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     # The final step, not the one of the last periodic checkpoint (20).
-    assert torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"] == 30
+    assert torch.load(checkpoint, map_location="cpu", weights_only=True)["global_step"] == 30
 
     decoded = run_command("t2t-decode", "problem=algorithmic_reverse", f"ckpt={checkpoint}",
                           "input=12345", "decode.beam_size=2", cwd=tmp_path)
@@ -86,7 +86,7 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path):
     process = start_and_wait(command, tmp_path, steps=25)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     saved_step = checkpoint["global_step"]
     assert 10 <= saved_step < 60
     before = records(tmp_path / "seen")[0]
@@ -101,7 +101,7 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path):
     assert after[0][0] == 0  # ...inside the same epoch (the kill was mid-epoch)...
     trained = {key for _, step, keys in before if step < saved_step for key in keys}
     assert trained.isdisjoint(key for _, _, keys in after for key in keys)  # ...with new data
-    final = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    final = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     adam_steps = {float(s["step"]) for s in final["optimizer_states"][0]["state"].values()}
     assert adam_steps == {60.0}  # Adam's moments were restored, not restarted at the kill
 
@@ -117,7 +117,7 @@ def test_sigterm_saves_the_step_reached_and_the_rerun_continues_there(tmp_path):
     assert process.returncode == 1  # not 0: the job did not finish
     assert "stopped by SIGTERM after step" in stderr and "run the same command again" in stderr
     trained = records(tmp_path / "seen")[0]
-    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     # Saved at the step reached, not at the last periodic checkpoint (there was none).
     assert saved["global_step"] == len(trained) == trained[-1][1] + 1
 
@@ -145,7 +145,7 @@ def test_unreadable_last_checkpoint_falls_back_and_a_foreign_one_is_refused(tmp_
     assert second.returncode == 0, second.stderr[-3000:]
     assert f"cannot read checkpoint {last}" in second.stdout
     assert f"resuming from {previous}" in second.stdout
-    assert torch.load(last, weights_only=False)["global_step"] == 30
+    assert torch.load(last, weights_only=True)["global_step"] == 30
     assert not list(folder.glob(".*partial"))  # written under a temporary name, then renamed
 
     other_model = run_command("t2t-train", *common, "trainer.max_steps=40", "model.d_model=32",
@@ -191,6 +191,46 @@ def test_decode_with_a_missing_or_foreign_checkpoint_is_one_clear_error(tmp_path
     assert bad_device.returncode == 1
     assert "error: device='gpu0' is not a device: use auto, cpu, cuda or cuda:N" in \
         bad_device.stderr
+
+
+class _RunsCode:
+    """Unpickled, this would call os.system: what a crafted checkpoint carries."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (self.command,)
+
+
+@pytest.mark.timeout(300)
+def test_a_checkpoint_carrying_code_is_refused_and_nothing_runs(tmp_path):
+    """Checkpoints are downloaded and shared: t2t-decode, t2t-eval and a resumed t2t-train
+    read them as tensors and plain data only, refuse one that carries a pickled call in one
+    line, and the call never runs."""
+    ran = tmp_path / "ran"
+    crafted = {"state_dict": {}, "t2t": {"problems": [], "model": {}},
+               "hook": _RunsCode(f"touch {ran}")}
+    evil = tmp_path / "shared.ckpt"
+    torch.save(crafted, evil)
+    decode = run_command("t2t-decode", "problem=algorithmic_reverse", f"ckpt={evil}",
+                         "input=123", cwd=tmp_path)
+    evaluate = run_command("t2t-eval", "problem=algorithmic_reverse", f"ckpt={evil}",
+                           f"data_dir={tmp_path / 'data'}", cwd=tmp_path)
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    torch.save(crafted, run_dir / "checkpoints" / "last.ckpt")
+    resume = run_command("t2t-train", *FAST, f"data_dir={tmp_path / 'data'}",
+                         f"run_dir={run_dir}", cwd=tmp_path)
+    for result, path in ((decode, evil), (evaluate, evil),
+                         (resume, run_dir / "checkpoints" / "last.ckpt")):
+        assert result.returncode == 1, result.stderr[-2000:]
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"error: refusing checkpoint {path}: it holds Python objects"), last
+        assert "posix.system" in last and "from sources you trust" in last
+    assert not ran.exists()
 
 
 def test_decode_device_is_resolved_or_refused_in_one_line():
@@ -241,7 +281,7 @@ def test_weight_average_is_what_checkpoints_hold_and_decode_uses_and_resume_cont
     common = [*FAST, "ema_decay=0.9", f"data_dir={data_dir}", f"run_dir={run_dir}"]
     first = run_command("t2t-train", *common, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     averaged, raw = checkpoint["state_dict"], checkpoint["current_model_state"]
     assert averaged.keys() == raw.keys()
     assert any(not torch.equal(averaged[k], raw[k]) for k in averaged)
@@ -253,7 +293,7 @@ def test_weight_average_is_what_checkpoints_hold_and_decode_uses_and_resume_cont
     resumed = run_command("t2t-train", *common, "trainer.max_steps=40", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stdout and "metrics after 40 steps" in resumed.stdout
-    later = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    later = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert later["global_step"] == 40
     # The raw weights went on from where they were, not from the average.
     moved = [k for k in raw if not torch.equal(later["current_model_state"][k], raw[k])]
