@@ -99,6 +99,7 @@ class AudioModality(Modality):
 
     kind = "audio"
     extension = "flac"
+    file_suffixes = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")  # what soundfile reads
 
     def __init__(self, sample_rate: int = 16000, num_mels: int = 80, window_ms: float = 25.0,
                  hop_ms: float = 10.0, conv_channels: int = 32, spec_augment: bool = True,

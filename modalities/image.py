@@ -71,6 +71,7 @@ class ImageModality(Modality):
 
     kind = "image"
     extension = "png"
+    file_suffixes = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
     length_limited = False  # scaled to height x max_width on load
 
     def __init__(self, height: int = 32, max_width: int = 256, channels: int = 1,

@@ -3,6 +3,7 @@ an unreadable last.ckpt falls back to the newest readable one."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -128,3 +129,132 @@ class WeightEMA(WeightAveraging):
         checkpoint is written (checkpoint callbacks run last): that checkpoint would hold the
         average twice and a resumed run would go on from it. Keep the raw weights: the
         checkpoint's state_dict is the average anyway, and validation swaps it in."""
+
+
+def init_from_path(value: str | Path) -> Path:
+    """init_from's checkpoint file, checked before datagen (which may take long)."""
+    path = Path(value)
+    if not path.is_file():
+        raise UserError(f"init_from={path}: no such checkpoint; pass a .ckpt file, such as "
+                        f"RUN_DIR/checkpoints/last.ckpt")
+    return path
+
+
+def warm_start(model: torch.nn.Module, problem_names: list[str], path: str | Path) -> str:
+    """Load a trained checkpoint's weights into a new run's model, and say what happened: the
+    body (same model settings required), each bottom and top whose modality key (kind, options
+    and vocabulary) matches, and the problem embedding rows of problems with the same name;
+    the rest starts fresh, and what the checkpoint has beyond this model is dropped."""
+    from t2t.inference import UnsafeCheckpoint, read_checkpoint
+
+    path = init_from_path(path)
+    try:
+        checkpoint = read_checkpoint(path)
+    except UnsafeCheckpoint:
+        raise
+    except Exception as error:  # truncated or foreign
+        raise UserError(f"init_from={path}: cannot read it ({str(error).splitlines()[0]})"
+                        ) from None
+    info = checkpoint.get("t2t") if isinstance(checkpoint, dict) else None
+    if not info:
+        raise UserError(f"init_from={path} is not a t2t checkpoint (no 't2t' section)")
+    expected = dataclasses.asdict(model.body.config)
+    differ = [f"{key} {info['model'].get(key)} vs {expected[key]}" for key in ARCHITECTURE
+              if key != "bottoms" and info["model"].get(key) != expected[key]]
+    if differ:
+        raise UserError(f"init_from={path} holds another model ({'; '.join(differ)} now); "
+                        f"fine-tune with its model settings (model=... and model.* as trained)")
+
+    saved = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
+    state = model.state_dict()
+    saved_names = [spec["name"] for spec in info["problems"]]
+    kept_rows = [name for name in problem_names if name in saved_names]
+    for key in ("body.problem_embedding.weight", "body.bos.weight"):
+        for row, name in enumerate(problem_names):
+            if name in saved_names:
+                state[key][row] = saved[key][saved_names.index(name)]
+
+    def component(key: str) -> str:  # body, bottoms.<modality>, tops.<modality>
+        return "body" if key.startswith("body.") else ".".join(key.split(".")[:2])
+
+    rows = {"body.problem_embedding.weight", "body.bos.weight"}
+    ours: dict[str, list[str]] = {}
+    for key in state:
+        if key not in rows:
+            ours.setdefault(component(key), []).append(key)
+    loaded, new = [], []
+    for name, keys in ours.items():
+        if all(k in saved and saved[k].shape == state[k].shape for k in keys):
+            for k in keys:
+                state[k] = saved[k]
+            loaded.append(name)
+        else:
+            new.append(name)
+    model.load_state_dict(state)
+    dropped = sorted({component(k) for k in saved} - set(ours))
+    fresh_rows = [name for name in problem_names if name not in saved_names]
+    parts = [f"loaded {', '.join(loaded) or 'nothing'}",
+             f"problem rows of {', '.join(kept_rows) or 'none'}"]
+    if new or fresh_rows:
+        parts.append(f"new: {', '.join(new + [f'the row of {n}' for n in fresh_rows])}")
+    if dropped:
+        parts.append(f"dropped: {', '.join(dropped)}")
+    return f"init_from {path}: {'; '.join(parts)}"
+
+
+def freeze(model: torch.nn.Module, prefixes: list[str]) -> str:
+    """Stop training the parameters under each prefix (a module path such as body.encoder);
+    an unknown prefix is an error naming close ones."""
+    from t2t.errors import unknown_name
+
+    names = [name for name, _ in model.named_parameters()]
+    modules = sorted({".".join(name.split(".")[:depth]) for name in names
+                      for depth in range(1, name.count(".") + 1)})
+    frozen = 0
+    for prefix in prefixes:
+        hit = [p for name, p in model.named_parameters()
+               if name == prefix or name.startswith(prefix + ".")]
+        if not hit:
+            raise unknown_name("module", prefix, modules,
+                               "freeze takes module paths such as body.encoder, "
+                               "body.decoder, bottoms.<modality>", where=" in freeze")
+        for parameter in hit:
+            parameter.requires_grad_(False)
+        frozen += sum(p.numel() for p in hit)
+    return f"frozen: {', '.join(prefixes)} ({frozen:,} parameters)"
+
+
+def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
+    """A checkpoint whose weights are the mean of the given checkpoints' (tensor2tensor's
+    avg_checkpoints, fairseq's average_checkpoints.py): t2t-decode and t2t-eval read it like
+    any other. All must be of the same problems and model; integer buffers are the newest's."""
+    from t2t.inference import UnsafeCheckpoint, read_checkpoint
+
+    loaded = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise UserError(f"checkpoint {path} not found")
+        try:
+            checkpoint = read_checkpoint(Path(path))
+        except UnsafeCheckpoint:
+            raise
+        except Exception as error:
+            raise UserError(f"cannot read checkpoint {path}: {str(error).splitlines()[0]}"
+                            ) from None
+        if not isinstance(checkpoint, dict) or not checkpoint.get("t2t"):
+            raise UserError(f"{path} is not a t2t checkpoint (no 't2t' section)")
+        if loaded:
+            _check_same_run(Path(path), checkpoint["t2t"], loaded[0][1]["t2t"])
+        loaded.append((Path(path), checkpoint))
+    loaded.sort(key=lambda item: item[1].get("global_step", 0))
+    newest = loaded[-1][1]
+    averaged = {}
+    for key, value in newest["state_dict"].items():
+        if value.is_floating_point():
+            total = sum(c["state_dict"][key].double() for _, c in loaded)
+            averaged[key] = (total / len(loaded)).to(value.dtype)
+        else:
+            averaged[key] = value
+    return {"state_dict": averaged, "t2t": newest["t2t"],
+            "global_step": newest.get("global_step", 0),
+            "averaged": [{"path": str(p), "step": c.get("global_step", 0)} for p, c in loaded]}

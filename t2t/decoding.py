@@ -170,11 +170,14 @@ def _sampler(
     top_k: int,
     generator: torch.Generator | None = None,
     seed: int | None = None,
+    top_p: float = 1.0,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
     if top_k < 0:
         raise ValueError(f"top_k must be >= 0 (0 = no top-k filter), got {top_k}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1] (1 = no nucleus filter), got {top_p}")
     gen = [generator]  # made lazily from `seed`: its device must be the logits' device
 
     def pick(logp: torch.Tensor) -> torch.Tensor:
@@ -186,6 +189,11 @@ def _sampler(
         if 0 < top_k < scores.size(-1):
             kth = scores.topk(top_k, dim=-1).values[:, -1:]  # (N, 1)
             scores = scores.masked_fill(scores < kth, -math.inf)
+        if top_p < 1.0:  # the likeliest tokens whose probabilities sum to top_p (Holtzman 2020)
+            ranked, order = scores.sort(dim=-1, descending=True)
+            before = ranked.softmax(dim=-1).cumsum(dim=-1) - ranked.softmax(dim=-1)
+            drop = torch.zeros_like(scores, dtype=torch.bool).scatter(-1, order, before >= top_p)
+            scores = scores.masked_fill(drop, -math.inf)  # the likeliest is never dropped
         probs = scores.softmax(dim=-1)
         return torch.multinomial(probs, 1, generator=gen[0]).squeeze(1)
 
@@ -222,11 +230,14 @@ def sample(
     generator: torch.Generator | None = None,
     allowed: Allowed | None = None,
     min_length: int = 0,
+    top_p: float = 1.0,
 ) -> torch.Tensor:
     """Ancestral sampling from softmax(log_probs / temperature), restricted to the top_k tokens
-    when top_k > 0; temperature 0 is greedy. Pass a `generator` (on the model's device) for
-    reproducible draws. Returns (B, L) ids like `greedy`, EOS not before `min_length` tokens."""
-    pick = _sampler(temperature, top_k, generator=generator)
+    when top_k > 0 and to the smallest set of likeliest tokens holding top_p of the probability
+    when top_p < 1 (nucleus sampling); temperature 0 is greedy. Pass a `generator` (on the
+    model's device) for reproducible draws. Returns (B, L) ids like `greedy`, EOS not before
+    `min_length` tokens."""
+    pick = _sampler(temperature, top_k, generator=generator, top_p=top_p)
     return _run(decoder, state, batch_size, max_length, pick, allowed, min_length=min_length)
 
 
@@ -243,7 +254,7 @@ def beam_search(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched beam search. Returns the best hypothesis per row (B, L), like `greedy`, and its
     score (B,): summed log-probs / ((5 + length) / 6) ** length_penalty (GNMT), where length
-    counts the EOS.
+    counts the EOS. `n_best` gives more than the best.
 
     Each step ranks all K * V continuations per row at once and keeps the best 2K. As in fairseq,
     an EOS continuation among the top K finishes its hypothesis, which is kept, so a short
@@ -252,11 +263,52 @@ def beam_search(
     hypotheses alive at max_length compete too, scored with length max_length. EOS is not
     emitted before `min_length` tokens (fairseq's --min-len, Hugging Face's min_new_tokens).
     """
+    hypotheses, scores = _beam_search(decoder, state, batch_size, beam_size, max_length,
+                                      length_penalty, allowed, min_length)
+    return _finish(hypotheses[:, 0]), scores[:, 0]
+
+
+@torch.no_grad()
+def n_best(
+    decoder: IncrementalDecoder,
+    state: Any,
+    batch_size: int,
+    n: int,
+    beam_size: int,
+    max_length: int,
+    length_penalty: float = 0.6,
+    allowed: Allowed | None = None,
+    min_length: int = 0,
+) -> list[list[tuple[list[int], float]]]:
+    """The n best hypotheses of `beam_search` per row, best first, as (token ids, score); fewer
+    where the beam finished fewer (n <= beam_size)."""
+    if not 1 <= n <= beam_size:
+        raise ValueError(f"n must be between 1 and beam_size ({beam_size}), got {n}")
+    hypotheses, scores = _beam_search(decoder, state, batch_size, beam_size, max_length,
+                                      length_penalty, allowed, min_length, n)
+    return [[(tokens, score) for tokens, score in zip(
+                strip(_finish(hypotheses[row, :n])), scores[row, :n].tolist(), strict=True)
+             if score > -math.inf] for row in range(batch_size)]
+
+
+def _beam_search(
+    decoder: IncrementalDecoder,
+    state: Any,
+    batch_size: int,
+    beam_size: int,
+    max_length: int,
+    length_penalty: float,
+    allowed: Allowed | None,
+    min_length: int,
+    n: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, K, L) finished hypotheses, EOS kept, and (B, K) scores, best first; a row stops
+    once no alive hypothesis can beat its n-th best finished one."""
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
     B, K = batch_size, beam_size
     if max_length <= 0:
-        return torch.zeros(B, 0, dtype=torch.long), torch.zeros(B)
+        return torch.zeros(B, K, 0, dtype=torch.long), torch.zeros(B, K)
 
     def penalty(length: int) -> float:
         return ((5 + length) / 6) ** length_penalty
@@ -322,7 +374,7 @@ def beam_search(
         if t + 1 == max_length:
             # Out of length: unfinished hypotheses are candidates too.
             fin_score, fin_seq = top(
-                1,
+                K,
                 torch.cat([fin_score, alive_score / penalty(max_length)], dim=1),
                 torch.cat([fin_seq, alive_seq], dim=1),
             )
@@ -330,13 +382,13 @@ def beam_search(
         # Alive scores only fall; the best any alive beam can reach is its score over the
         # largest penalty still possible (the penalty is monotone in length).
         bound = alive_score[:, 0] / max(penalty(t + 2), penalty(max_length))
-        row_done = (fin_score > -math.inf).all(dim=1) | (fin_score[:, 0] >= bound)  # (B,)
+        row_done = (fin_score > -math.inf).all(dim=1) | (fin_score[:, n - 1] >= bound)  # (B,)
         if bool(row_done.all()):
             break
         alive_score = alive_score.masked_fill(row_done.unsqueeze(1), -math.inf)
         state = decoder.reorder(state, (beam_base + origin).view(-1))
 
-    return _finish(fin_seq[:, 0]), fin_score[:, 0]
+    return fin_seq, fin_score
 
 
 @torch.no_grad()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import pickle
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -45,7 +44,7 @@ def read_checkpoint(path: Path, mmap: bool = False) -> Any:
     checkpoint at all (truncated, foreign)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as error:
+    except Exception as error:  # torch's weights-only refusal is an UnpicklingError
         # An import (a pickle GLOBAL) is how a pickle reaches code; other refusals are files
         # that are not checkpoints at all.
         imports = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line]
@@ -134,22 +133,74 @@ def decode_raw(model: T2TModel, problem: Problem, index: int, raw_inputs: list[A
 def decode_loaded(model: T2TModel, problem: Problem, index: int, loaded: list[torch.Tensor], *,
                   beam_size: int = 4, length_penalty: float = 0.6, max_length: int = 256,
                   best_of: int | None = 0, temperature: float = 1.0,
-                  time_budget_s: float | None = None, seed: int = 0) -> list[Any]:
+                  time_budget_s: float | None = None, seed: int = 0, sample: bool = False,
+                  top_k: int = 0, top_p: float = 1.0, min_length: int = 0) -> list[Any]:
     """Predictions for loaded inputs: beam search (greedy at beam_size 1), or with best_of > 0
     the verifier-guided `search` for each input. best_of=None chooses: 64 for problems with a
-    verifier (t2t.problem.Verifier), else beam search."""
-    best_of = default_best_of(problem, best_of)
+    verifier (t2t.problem.Verifier), else beam search. sample=True draws one sample instead
+    (temperature, top_k, top_p; reproducible by `seed`); EOS comes after `min_length` tokens."""
+    best_of = 0 if sample and best_of is None else default_best_of(problem, best_of)
     if best_of > 0:
+        if sample:
+            raise UserError("decode.sample=true and decode.best_of > 0 both choose how to "
+                            "decode; set one (decode.best_of=0 to sample)")
         return [search(model, problem, index, x, best_of=best_of, temperature=temperature,
                        time_budget_s=time_budget_s, max_length=max_length, seed=seed)
                 for x in loaded]
-    inputs, inputs_pad = problem.inputs.collate(loaded)
-    device = next(model.parameters()).device
-    inputs, inputs_pad = inputs.to(device), inputs_pad.to(device)
+    if sample:
+        return [outputs[0] for outputs in decode_n_loaded(
+            model, problem, index, loaded, 1, sample=True, temperature=temperature,
+            top_k=top_k, top_p=top_p, max_length=max_length, min_length=min_length,
+            seed=seed)]
+    inputs, inputs_pad = _batch(model, problem, loaded)
     ids = decode_ids(model, index, inputs, inputs_pad, beam_size=beam_size,
                      length_penalty=length_penalty, max_length=max_length,
-                     allowed=constraint_for(problem, inputs, inputs_pad))
+                     allowed=constraint_for(problem, inputs, inputs_pad), min_length=min_length)
     return [problem.targets.decode(row) for row in ids]
+
+
+@torch.no_grad()
+def decode_n_loaded(model: T2TModel, problem: Problem, index: int, loaded: list[torch.Tensor],
+                    n: int, *, sample: bool = False, temperature: float = 1.0, top_k: int = 0,
+                    top_p: float = 1.0, beam_size: int = 4, length_penalty: float = 0.6,
+                    max_length: int = 256, min_length: int = 0, seed: int = 0
+                    ) -> list[list[Any]]:
+    """n predictions per input: n samples (sample=True; all drawn in one batch), or the n best
+    hypotheses of beam search, best first (n <= beam_size; fewer where the beam finished
+    fewer)."""
+    if n < 1:
+        raise UserError(f"decode.num_samples={n}: ask for 1 or more")
+    if not sample and n > beam_size:
+        raise UserError(f"decode.num_samples={n} best hypotheses need decode.beam_size >= {n} "
+                        f"(it is {beam_size}), or decode.sample=true for samples")
+    inputs, inputs_pad = _batch(model, problem, loaded)
+    if sample:  # each input n times in a row
+        inputs, inputs_pad = (t.repeat_interleave(n, dim=0) for t in (inputs, inputs_pad))
+    allowed = constraint_for(problem, inputs, inputs_pad)
+    decoder = model.decoder(index)
+    rows = inputs.shape[0]
+    state = decoder.start(inputs, inputs_pad, max_length)
+    if not sample:
+        hypotheses = decoding.n_best(decoder, state, rows, n, beam_size, max_length,
+                                     length_penalty, allowed, min_length)
+        return [[problem.targets.decode(ids) for ids, _ in row] for row in hypotheses]
+    generator = torch.Generator(device=inputs.device).manual_seed(seed)
+    try:
+        ids = decoding.strip(decoding.sample(
+            decoder, state, rows, max_length, temperature=temperature, top_k=top_k,
+            generator=generator, allowed=allowed, min_length=min_length, top_p=top_p))
+    except ValueError as error:  # temperature, top_k or top_p out of range
+        raise UserError(f"decode: {error}") from None
+    decoded = [problem.targets.decode(row) for row in ids]
+    return [decoded[i:i + n] for i in range(0, rows, n)]
+
+
+def _batch(model: T2TModel, problem: Problem, loaded: list[torch.Tensor]
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loaded inputs collated on the model's device."""
+    inputs, inputs_pad = problem.inputs.collate(loaded)
+    device = next(model.parameters()).device
+    return inputs.to(device), inputs_pad.to(device)
 
 
 def default_best_of(problem: Problem, best_of: int | None) -> int:
@@ -161,7 +212,8 @@ def default_best_of(problem: Problem, best_of: int | None) -> int:
 
 def decode_ids(model: T2TModel, index: int, inputs: torch.Tensor, inputs_pad: torch.Tensor, *,
                beam_size: int, max_length: int, length_penalty: float = 0.6,
-               allowed: decoding.Allowed | None = None) -> list[list[int]]:
+               allowed: decoding.Allowed | None = None, min_length: int = 0
+               ) -> list[list[int]]:
     """Predicted target ids for a batch of problem `index` (greedy when beam_size is 1)."""
     decoder = model.decoder(index)
     rows = inputs.shape[0]
@@ -169,10 +221,10 @@ def decode_ids(model: T2TModel, index: int, inputs: torch.Tensor, inputs_pad: to
     if beam_size > 1:
         ids, _ = decoding.beam_search(decoder, state, batch_size=rows, beam_size=beam_size,
                                       max_length=max_length, length_penalty=length_penalty,
-                                      allowed=allowed)
+                                      allowed=allowed, min_length=min_length)
     else:
         ids = decoding.greedy(decoder, state, batch_size=rows, max_length=max_length,
-                              allowed=allowed)
+                              allowed=allowed, min_length=min_length)
     return decoding.strip(ids)
 
 

@@ -195,7 +195,8 @@ class T2TLitModule(L.LightningModule):
                     f"{' '.join(batch['keys'])}\n")
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.model.parameters(), **self.optim)
+        trained = [p for p in self.model.parameters() if p.requires_grad]  # not the frozen
+        optimizer = torch.optim.AdamW(trained, **self.optim)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, **self.schedule))
         schedule = {"scheduler": scheduler, "interval": "step"}

@@ -34,6 +34,9 @@ class Modality:
     # Whether samples may share a batch row (data.packed_length): token ids whose bottom
     # embeds each position on its own, so that neighbours in a row do not mix.
     packable: ClassVar[bool] = False
+    # Suffixes of the files a raw input may be (media): t2t-decode then takes files, folders
+    # and lists of them; none: a raw input is a line of text.
+    file_suffixes: ClassVar[tuple[str, ...]] = ()
 
     @property
     def key(self) -> str:

@@ -9,6 +9,7 @@ import math
 import random
 import string
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -485,7 +486,7 @@ def test_synthesized_morse_has_the_timing_and_pitch_asked_for(text, wpm, pitch):
 
 
 @pytest.mark.timeout(300)
-def test_train_then_decode_one_wav_file(tmp_path):
+def test_train_then_decode_one_wav_file_then_many_in_one_call(tmp_path):
     run_dir = tmp_path / "run"
     result = run_command(
         "t2t-train", "problem=morse_code", "problem.train_size=100", "problem.eval_size=10",
@@ -506,6 +507,60 @@ def test_train_then_decode_one_wav_file(tmp_path):
     lines = decoded.stdout.splitlines()
     assert len(lines) == 1, decoded.stdout[-2000:]  # one file in, one transcript out
     assert set(lines[0]) <= set(CODE) | {" "}
+
+    # Many files in one call: a folder (sorted, subfolders too), a glob, a list of paths or a
+    # JSONL manifest; one line each, path TAB transcript, in input order; an unreadable file
+    # is named on stderr, the rest decoded, and the exit status says some failed.
+    folder = tmp_path / "clips"
+    (folder / "more").mkdir(parents=True)
+    clips = [folder / "b.wav", folder / "a.flac", folder / "more" / "c.wav"]
+    for path, sample in zip(clips, MorseCode(eval_size=3).generate_samples("test"), strict=True):
+        soundfile.write(path, *sample["inputs"])
+    (folder / "notes.md").write_text("not audio, not listed")
+    (tmp_path / "clips.txt").write_text("clips/more/c.wav\nclips/b.wav\n")
+    (tmp_path / "clips.jsonl").write_text('{"audio_filepath": "clips/a.flac"}\n'
+                                          '{"file_name": "clips/more/c.wav"}\n')
+
+    def transcribe(spec) -> tuple[list[tuple[str, ...]], Any]:
+        result = run_command("t2t-decode", "problem=morse_code", f"ckpt={checkpoint}",
+                             f"input_file={spec}", "decode.beam_size=1", "decode.max_length=10",
+                             "decode.batch_size=2", cwd=tmp_path, timeout=120)
+        return [tuple(line.split("\t")) for line in result.stdout.splitlines()], result
+
+    by_folder, result = transcribe(folder)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [path for path, _ in by_folder] == [str(folder / "a.flac"), str(folder / "b.wav"),
+                                               str(folder / "more" / "c.wav")]
+    assert all(set(text) <= set(CODE) | {" "} for _, text in by_folder)
+    assert "t2t-decode: 3/3 inputs" in result.stderr
+    transcript = {Path(path).name: text for path, text in by_folder}
+    by_glob, _ = transcribe(f"{folder}/**/*.wav")
+    assert [(Path(p).name, t) for p, t in by_glob] == [("b.wav", transcript["b.wav"]),
+                                                      ("c.wav", transcript["c.wav"])]
+    by_list, _ = transcribe(tmp_path / "clips.txt")
+    assert [(Path(p).name, t) for p, t in by_list] == [("c.wav", transcript["c.wav"]),
+                                                      ("b.wav", transcript["b.wav"])]
+    by_manifest, _ = transcribe(tmp_path / "clips.jsonl")
+    assert [(Path(p).name, t) for p, t in by_manifest] == [("a.flac", transcript["a.flac"]),
+                                                          ("c.wav", transcript["c.wav"])]
+
+    (folder / "broken.wav").write_bytes(b"RIFF but not really a wave file")
+    with_broken, result = transcribe(folder)
+    assert result.returncode == 1
+    assert [Path(p).name for p, _ in with_broken] == ["a.flac", "b.wav", "c.wav"]
+    assert f"t2t-decode: skipped {folder / 'broken.wav'}: not a readable audio file" in \
+        result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: 1 of 4 inputs could not be read (named above); the others were decoded")
+    none, result = transcribe(f"{folder}/*.ogg")
+    assert result.returncode == 1 and not none
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: input_file={folder}/*.ogg matches no file")
+    (tmp_path / "bad.jsonl").write_text('{"file_name": "clips/b.wav"}\n{"label": 3}\n')
+    _, result = transcribe(tmp_path / "bad.jsonl")
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'bad.jsonl'}:2: no file_name, path or audio_filepath field naming "
+        f"the file")
 
 
 def test_random_is_not_used_globally():

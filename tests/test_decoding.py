@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 import torch
 
-from t2t.decoding import beam_search, best_of_n, greedy, sample, strip
+from t2t.decoding import beam_search, best_of_n, greedy, n_best, sample, strip
 from t2t.tokens import BOS, EOS, PAD
 
 VOCAB = 6
@@ -134,6 +134,42 @@ def test_wide_beam_finds_the_brute_force_best(alpha, constrained):
         expected, expected_score = brute_force(table[row], 4, alpha, allowed)
         assert tokens == expected, f"row {row}"
         assert score == pytest.approx(expected_score, abs=1e-4)
+
+
+def brute_force_ranking(table: torch.Tensor, max_length: int, alpha: float):
+    """Every sequence beam search may return, with its normalised score, best first."""
+    usable = [t for t in range(table.size(-1)) if t not in (PAD, BOS)]
+    found = []
+
+    def visit(prefix: list[int]) -> None:
+        for token in usable:
+            seq = prefix + [token]
+            if token == EOS or len(seq) == max_length:
+                found.append((prefix if token == EOS else seq,
+                              logprob(table, seq) / penalty(len(seq), alpha)))
+            else:
+                visit(seq)
+
+    visit([])
+    return sorted(found, key=lambda item: -item[1])
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6])
+def test_n_best_are_the_brute_force_best_in_order(alpha):
+    table = random_table(rows=4, vocab=VOCAB, seed=7)
+    model = Markov(table)
+    found = n_best(model, model.start(), batch_size=4, n=3, beam_size=128, max_length=3,
+                   length_penalty=alpha)
+    best, _ = beam_search(model, model.start(), batch_size=4, beam_size=128, max_length=3,
+                          length_penalty=alpha)
+    for row, hypotheses in enumerate(found):
+        ranking = brute_force_ranking(table[row], 3, alpha)[:3]
+        assert [tokens for tokens, _ in hypotheses] == [tokens for tokens, _ in ranking]
+        assert [score for _, score in hypotheses] == pytest.approx(
+            [score for _, score in ranking], abs=1e-4)
+        assert hypotheses[0][0] == strip(best)[row]
+    with pytest.raises(ValueError, match="n must be between 1 and beam_size"):
+        n_best(model, model.start(), batch_size=4, n=5, beam_size=4, max_length=3)
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.6, 1.5])
@@ -331,13 +367,16 @@ def test_sampling_limits_are_greedy():
     model = Markov(random_table(rows=8, vocab=8, seed=2))
     expected = greedy(model, model.start(), batch_size=8, max_length=8)
     g = torch.Generator().manual_seed(0)
-    for kwargs in [dict(temperature=1e-3), dict(temperature=0.0), dict(top_k=1)]:
+    for kwargs in [dict(temperature=1e-3), dict(temperature=0.0), dict(top_k=1),
+                   dict(top_p=1e-6)]:
         got = sample(model, model.start(), batch_size=8, max_length=8, generator=g, **kwargs)
         assert torch.equal(got, expected), kwargs
 
 
-@pytest.mark.parametrize("temperature,top_k", [(1.0, 0), (0.5, 0), (2.0, 0), (1.0, 2)])
-def test_sampling_follows_the_tempered_distribution(temperature, top_k):
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.5, 0, 1.0),
+                                                   (2.0, 0, 1.0), (1.0, 2, 1.0),
+                                                   (1.0, 0, 0.95), (2.0, 0, 0.7)])
+def test_sampling_follows_the_tempered_distribution(temperature, top_k, top_p):
     table = random_table(rows=1, vocab=VOCAB, seed=5)
     model = Markov(table)
     n = 8000
@@ -348,6 +387,7 @@ def test_sampling_follows_the_tempered_distribution(temperature, top_k):
         max_length=1,
         temperature=temperature,
         top_k=top_k,
+        top_p=top_p,
         generator=torch.Generator().manual_seed(0),
     )
     first = ids[:, 0] if ids.size(1) else torch.full((n,), PAD)
@@ -358,6 +398,17 @@ def test_sampling_follows_the_tempered_distribution(temperature, top_k):
     logits[[PAD, BOS]] = -math.inf
     if top_k:
         logits[logits < logits.topk(top_k).values[-1]] = -math.inf
+    if top_p < 1:  # the nucleus: likeliest first, until their mass reaches top_p
+        mass, nucleus = 0.0, []
+        for token in logits.softmax(-1).argsort(descending=True).tolist():
+            if mass >= top_p:
+                break
+            nucleus.append(token)
+            mass += logits.softmax(-1)[token].item()
+        outside = torch.ones(VOCAB, dtype=torch.bool)
+        outside[nucleus] = False
+        assert 1 < len(nucleus) < VOCAB - 2  # the case cuts something, and keeps a choice
+        logits[outside] = -math.inf
     expected = logits.softmax(-1)
     assert torch.allclose(freq, expected, atol=0.025), (freq, expected)
     assert (freq[expected == 0] == 0).all()

@@ -793,6 +793,21 @@ def test_train_then_decode_one_image(tmp_path, mnist_dir):
     assert len(lines) == 1, decoded_run.stdout[-2000:]  # one image in, one prediction out
     assert set(lines[0]) <= set("0123456789")
 
+    # A folder in one call: its images, sorted, a line each (path TAB prediction), the single
+    # picture's prediction among them; a file that is no image is named and skipped.
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    (folder / "b.png").write_bytes(picture.read_bytes())
+    Image.fromarray(compose([images[3]], random.Random(1))).save(folder / "a.jpg")
+    (folder / "c.png").write_bytes(b"not a png")
+    many = run_command("t2t-decode", "problem=mnist_digit_strings", f"ckpt={checkpoint}",
+                       f"input_file={folder}", "decode.beam_size=1", cwd=tmp_path, timeout=120)
+    assert many.returncode == 1
+    assert [line.split("\t")[0] for line in many.stdout.splitlines()] == [
+        str(folder / "a.jpg"), str(folder / "b.png")]
+    assert many.stdout.splitlines()[1] == f"{folder / 'b.png'}\t{lines[0]}"
+    assert f"t2t-decode: skipped {folder / 'c.png'}: not a readable image" in many.stderr
+
     # The model's settings (the stem) come with the checkpoint: decode and eval, above and
     # here, rebuild the model from it (a model without the stem would not load its weights).
     evaluated = run_command("t2t-eval", "problem=mnist_digit_strings",

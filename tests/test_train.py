@@ -58,6 +58,127 @@ def test_train_then_decode_and_eval(tmp_path):
     assert "was trained on algorithmic_reverse, not algorithmic_sort" in wrong.stderr
 
 
+@pytest.mark.timeout(300)
+def test_decode_streams_standard_input_and_samples_from_the_command_line(tmp_path):
+    run_dir = tmp_path / "run"
+    trained = run_command("t2t-train", *FAST, f"data_dir={tmp_path / 'data'}",
+                          f"run_dir={run_dir}", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    ckpt = f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}"
+
+    def decode(*options: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([str(Path(sys.executable).parent / "t2t-decode"),
+                               "problem=algorithmic_reverse", ckpt, *options], cwd=tmp_path,
+                              input=stdin, capture_output=True, text=True, timeout=120)
+
+    # Standard input as it arrives: the answer to a line comes before the next is typed.
+    process = subprocess.Popen([str(Path(sys.executable).parent / "t2t-decode"),
+                                "problem=algorithmic_reverse", ckpt, "decode.beam_size=1"],
+                               cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        answers = []
+        for line in ("1234", "5678"):
+            process.stdin.write(line + "\n")
+            process.stdin.flush()
+            answers.append(process.stdout.readline().strip())  # stdin still open
+        process.stdin.close()
+        assert process.wait(timeout=60) == 0, process.stderr.read()[-2000:]
+    finally:
+        process.kill()
+    piped = decode("decode.beam_size=1", stdin="1234\n5678\n")
+    assert piped.stdout.splitlines() == answers
+
+    # Samples: N lines an input, reproducible by seed, within top_k; beam search's N best.
+    sampled = decode("input=12345", "decode.sample=true", "decode.num_samples=4",
+                     "decode.top_k=3", "decode.seed=7")
+    assert sampled.returncode == 0, sampled.stderr[-2000:]
+    assert len(sampled.stdout.splitlines()) == 4
+    again = decode("input=12345", "decode.sample=true", "decode.num_samples=4",
+                   "decode.top_k=3", "decode.seed=7")
+    assert again.stdout == sampled.stdout
+    nucleus = decode("decode.sample=true", "decode.top_p=0.000001", "decode.num_samples=2",
+                     stdin="12345\n")
+    greedy = decode("decode.beam_size=1", stdin="12345\n")
+    assert nucleus.stdout.splitlines() == greedy.stdout.splitlines() * 2  # top_p ~0: greedy
+    best = decode("input=12345", "decode.num_samples=3", "decode.beam_size=4")
+    beam = decode("input=12345", "decode.beam_size=4")
+    assert len(best.stdout.splitlines()) == 3 and len(set(best.stdout.splitlines())) == 3
+    assert best.stdout.splitlines()[0] == beam.stdout.strip()
+    long = decode("input=1", "decode.beam_size=1", "decode.min_length=6")
+    assert len(long.stdout.strip()) >= 6
+
+    for options, message in [
+        (["decode.num_samples=5", "decode.beam_size=4"],
+         "decode.num_samples=5 best hypotheses need decode.beam_size >= 5 (it is 4), or "
+         "decode.sample=true for samples"),
+        (["decode.sample=true", "decode.top_p=0"],
+         "decode: top_p must be in (0, 1] (1 = no nucleus filter), got 0"),
+        (["decode.sample=true", "decode.best_of=8"],
+         "decode.sample=true and decode.best_of > 0 both choose how to decode; set one"),
+    ]:
+        refused = decode("input=12345", *options)
+        assert refused.returncode == 1
+        assert refused.stderr.strip().splitlines()[-1].startswith(f"error: {message}"), \
+            refused.stderr[-2000:]
+    evaluated = run_command("t2t-eval", *FAST[:3], ckpt, "decode.num_samples=2",
+                            f"data_dir={tmp_path / 'data'}", cwd=tmp_path)
+    assert evaluated.returncode == 1
+    assert evaluated.stderr.strip().splitlines()[-1] == (
+        "error: decode.num_samples=2: t2t-eval scores one prediction per input; use t2t-decode "
+        "for several")
+
+
+@pytest.mark.timeout(300)
+def test_averaged_checkpoint_is_the_mean_and_decodes_like_any_other(tmp_path):
+    run_dir = tmp_path / "run"
+    trained = run_command("t2t-train", *FAST, "checkpoint_every=10", "keep_checkpoints=3",
+                          f"data_dir={tmp_path / 'data'}", f"run_dir={run_dir}", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    kept = sorted(p for p in (run_dir / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt")
+    assert [torch.load(p, weights_only=True)["global_step"] for p in kept] == [10, 20, 30]
+
+    output = tmp_path / "avg.ckpt"
+    averaged = run_command("t2t-average", f"run_dir={run_dir}", "last=2", f"output={output}",
+                           cwd=tmp_path)
+    assert averaged.returncode == 0, averaged.stderr[-2000:]
+    assert f"2 checkpoints (steps 20, 30) averaged into {output}" in averaged.stdout
+    states = [torch.load(p, weights_only=True)["state_dict"] for p in kept[1:]]
+    mean = torch.load(output, weights_only=True)["state_dict"]
+    for key, value in mean.items():
+        if value.is_floating_point():
+            assert torch.allclose(value, (states[0][key] + states[1][key]) / 2, atol=1e-6), key
+    assert any(not torch.equal(mean[k], states[1][k]) for k in mean)
+
+    decoded = run_command("t2t-decode", "problem=algorithmic_reverse", f"ckpt={output}",
+                          "input=12345", "decode.beam_size=1", cwd=tmp_path)
+    assert decoded.returncode == 0, decoded.stderr[-2000:]
+    assert set(decoded.stdout.strip()) <= set("0123456789")
+    listed = run_command("t2t-average", f"ckpt=[{kept[0]},{kept[2]}]",
+                         f"output={tmp_path / 'ends.ckpt'}", cwd=tmp_path)
+    assert "2 checkpoints (steps 10, 30) averaged" in listed.stdout, listed.stderr[-2000:]
+
+    def refused(*options: str) -> str:
+        result = run_command("t2t-average", *options, f"output={tmp_path / 'x.ckpt'}",
+                             cwd=tmp_path)
+        assert result.returncode == 1 and not (tmp_path / "x.ckpt").exists()
+        return result.stderr.strip().splitlines()[-1]
+
+    assert refused(f"run_dir={run_dir}", "last=4") == (
+        f"error: {run_dir / 'checkpoints'} holds 3 checkpoint(s) of different steps, 4 asked "
+        f"for; train with keep_checkpoints=4 (and checkpoint_every=STEPS) to keep that many")
+    assert refused(f"ckpt=[{kept[0]}]").startswith("error: name two or more checkpoints")
+    assert refused(f"ckpt=[{kept[0]},{tmp_path / 'none.ckpt'}]") == (
+        f"error: checkpoint {tmp_path / 'none.ckpt'} not found")
+    other = run_command("t2t-train", *FAST, "model.d_model=32", "trainer.max_steps=2",
+                        f"data_dir={tmp_path / 'data'}", f"run_dir={tmp_path / 'small'}",
+                        cwd=tmp_path)
+    assert other.returncode == 0, other.stderr[-2000:]
+    small = tmp_path / "small" / "checkpoints" / "last.ckpt"
+    assert refused(f"ckpt=[{kept[0]},{small}]").startswith(
+        f"error: {small} holds another model (d_model 32 vs 64 now)")
+
+
 def long_run(tmp_path: Path, checkpoint_every: int) -> list[str]:
     """A 60-step t2t-train command that records the samples of every batch in tmp_path/seen."""
     return [str(Path(sys.executable).parent / "t2t-train"), *FAST,

@@ -1,40 +1,123 @@
 """t2t-decode: predictions of a trained checkpoint for inputs from the command line, a file
-or standard input."""
+or standard input; for image and audio problems, for one file or many (a folder, a glob, a
+list of paths, a manifest)."""
 
 from __future__ import annotations
 
+import glob
+import json
+import os
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from t2t.cli.common import run_hydra
 from t2t.errors import UserError
 
+LISTS = (".txt", ".lst")  # one path a line
+MANIFESTS = (".jsonl",)  # one JSON object a line, naming its file under one of MANIFEST_KEYS
+MANIFEST_KEYS = ("file_name", "path", "audio_filepath")  # Hugging Face imagefolder, NeMo
 
-def read_inputs(config: Any, input_kind: str) -> list[Any]:
-    """Text: one input per line. Media (image, audio): input_file (or input) is one file."""
+
+def media_files(spec: str, suffixes: tuple[str, ...]) -> list[Path]:
+    """The files `input_file` names for a problem whose inputs are files: a folder (its files
+    with the modality's suffixes, in subfolders too, sorted), a glob, a list of paths or a
+    manifest (relative paths from the list's folder), in their order."""
+    path = Path(spec)
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+    if glob.has_magic(spec):
+        found = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+        if not found:
+            raise UserError(f"input_file={spec} matches no file")
+        return found
+    if not path.is_file():
+        raise UserError(f"input_file {path} not found")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if path.suffix.lower() in LISTS:
+        return [path.parent / line.strip() for line in lines if line.strip()]
+    files = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise UserError(f"{path}:{number}: not JSON ({error.msg})") from None
+        name = next((record[k] for k in MANIFEST_KEYS if isinstance(record, dict) and k in record),
+                    None)
+        if name is None:
+            raise UserError(f"{path}:{number}: no {', '.join(MANIFEST_KEYS[:-1])} or "
+                            f"{MANIFEST_KEYS[-1]} field naming the file")
+        files.append(path.parent / name)
+    return files
+
+
+def stdin_batches(size: int) -> Iterator[list[str]]:
+    """Lines of standard input in batches of what has arrived (at most `size`): piped lines
+    are decoded in full batches, a line typed by a user as soon as it is typed."""
+    tail = b""
+    while chunk := os.read(sys.stdin.fileno(), 1 << 16):  # returns what is there, waits if none
+        *lines, tail = (tail + chunk).split(b"\n")
+        texts = [line.decode("utf-8").removesuffix("\r") for line in lines]
+        for start in range(0, len(texts), size):
+            yield texts[start:start + size]
+    if tail:
+        yield [tail.decode("utf-8").removesuffix("\r")]
+
+
+def input_batches(config: Any, modality: Any) -> tuple[Iterator[list[Any]], int | None, bool]:
+    """(batches of raw inputs, how many there are where known, whether each output line names
+    its file). Text: `input`, the lines of `input_file`, or standard input as it comes. Files
+    (image, audio): `input` or `input_file` is one file, or a folder, glob, list or manifest
+    (`media_files`)."""
+    from t2t.inference import batches
+
+    size = config.decode.batch_size
+    if modality.file_suffixes:
+        spec = config.input if config.input is not None else config.input_file
+        if spec is None:
+            raise UserError(f"a {modality.kind} problem decodes files: pass input_file=PATH (a "
+                            f"file, a folder, a glob, a .txt list or a .jsonl manifest)")
+        spec = str(spec)
+        if Path(spec).is_file() and Path(spec).suffix.lower() in modality.file_suffixes:
+            return iter([[Path(spec)]]), 1, False
+        files = media_files(spec, modality.file_suffixes)
+        return batches(files, size), len(files), True
     if config.input is not None:
-        return [str(config.input)]
+        return iter([[str(config.input)]]), 1, False
     if config.input_file is not None:
         path = Path(config.input_file)
         if not path.is_file():
             raise UserError(f"input_file {path} not found")
-        if input_kind != "text":
-            return [path]
-        return path.read_text(encoding="utf-8").splitlines()
-    return sys.stdin.read().splitlines()
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return batches(lines, size), len(lines), False
+    return stdin_batches(size), None, False
 
 
 def decode_settings(decode: Any) -> dict[str, Any]:
     """The decode.* options that choose and tune the decoding algorithm."""
-    keys = ("beam_size", "length_penalty", "max_length", "best_of", "temperature",
-            "time_budget_s", "seed")
+    keys = ("beam_size", "length_penalty", "max_length", "min_length", "best_of",
+            "temperature", "time_budget_s", "seed", "sample", "top_k", "top_p")
     return {key: decode[key] for key in keys}
+
+
+# What decode_n_loaded takes (decode.num_samples > 1: no search, one output per line).
+N_SETTINGS = ("sample", "temperature", "top_k", "top_p", "beam_size", "length_penalty",
+              "max_length", "min_length", "seed")
 
 
 def decode(config: Any) -> None:
     from t2t.cli.common import build_problem
-    from t2t.inference import batches, decode_raw, load_checkpoint, resolve_device, select_problem
+    from t2t.inference import (
+        decode_loaded,
+        decode_n_loaded,
+        load_checkpoint,
+        resolve_device,
+        select_problem,
+    )
     from t2t.problem import prediction_line
 
     device = resolve_device(config.device)
@@ -43,18 +126,46 @@ def decode(config: Any) -> None:
     requested = build_problem(config.problem)
     index = select_problem(problems, requested.name, config.ckpt, requested)
     problem = problems[index] if problems[index].name == requested.name else requested
+    trained = problems[index]  # it decodes: its search hooks know what the model learned
+    settings = decode_settings(config.decode)
+    chunks, total, named = input_batches(config, trained.inputs)
     out = open(config.output_file, "w", encoding="utf-8") if config.output_file else sys.stdout
+    unreadable, done, shown = [], 0, time.monotonic()
     try:
-        for chunk in batches(read_inputs(config, problem.inputs.kind), config.decode.batch_size):
-            # The trained problem decodes: its search hooks know what the model learned.
-            predictions = decode_raw(model, problems[index], index, chunk,
-                                     **decode_settings(config.decode))
-            for raw, prediction in zip(chunk, predictions, strict=True):
-                print(prediction_line(problem, raw, prediction), file=out,
-                      flush=out is sys.stdout)
+        for chunk in chunks:
+            readable, loaded = [], []
+            for raw in chunk:
+                try:
+                    loaded.append(trained.inputs.load(trained.inputs.encode(raw)))
+                    readable.append(raw)
+                except UserError as error:
+                    if not named:  # one input: its error is the command's
+                        raise
+                    unreadable.append(raw)
+                    print(f"t2t-decode: skipped {error}", file=sys.stderr, flush=True)
+            if not loaded:
+                continue
+            if config.decode.num_samples == 1:
+                outputs = [[p] for p in decode_loaded(model, trained, index, loaded, **settings)]
+            else:
+                outputs = decode_n_loaded(model, trained, index, loaded,
+                                          config.decode.num_samples,
+                                          **{k: settings[k] for k in N_SETTINGS})
+            for raw, predictions in zip(readable, outputs, strict=True):
+                for prediction in predictions:
+                    line = prediction_line(problem, raw, prediction)
+                    print(f"{raw}\t{line}" if named else line, file=out,
+                          flush=out is sys.stdout)
+            done += len(chunk)
+            if total and total > len(chunk) and (time.monotonic() - shown > 10 or done == total):
+                print(f"t2t-decode: {done}/{total} inputs", file=sys.stderr, flush=True)
+                shown = time.monotonic()
     finally:
         if out is not sys.stdout:
             out.close()
+    if unreadable:
+        raise UserError(f"{len(unreadable)} of {total} inputs could not be read (named above); "
+                        f"the others were decoded")
 
 
 def main() -> None:

@@ -13,6 +13,9 @@ def evaluate(config: Any) -> None:
     from t2t.cli.decode import decode_settings
     from t2t.inference import load_checkpoint, resolve_device
 
+    if config.decode.num_samples != 1:
+        raise UserError(f"decode.num_samples={config.decode.num_samples}: t2t-eval scores one "
+                        f"prediction per input; use t2t-decode for several")
     device = resolve_device(config.device)
     model, problems = load_checkpoint(config.ckpt)
     model.to(device)

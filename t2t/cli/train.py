@@ -52,12 +52,15 @@ def check_settings(problems: list[Any], config: Any) -> None:
     a vocabulary first has its bottom built, and checked, with the model."""
     import torch
 
+    from t2t.checkpoints import init_from_path
     from t2t.data import ROLES
     from t2t.datamodule import augmentation
     from t2t.lit_module import checked_ctc_weight
     from t2t.modality import call_with_settings
 
     checked_ctc_weight(config.optim.ctc_weight)
+    if config.init_from:
+        init_from_path(config.init_from)
     # A bottom built here draws its initial weights: the seeded run must not see those draws.
     with torch.random.fork_rng(devices=[]):
         for problem in problems:
@@ -91,7 +94,9 @@ def train(config: Any) -> None:
         CheckpointOnSigterm,
         StepCheckpoints,
         WeightEMA,
+        freeze,
         resumable_checkpoint,
+        warm_start,
     )
     from t2t.cli.report import print_report
     from t2t.datamodule import T2TDataModule
@@ -104,7 +109,11 @@ def train(config: Any) -> None:
     check_settings(problems, config)
     run_dir = Path(config.run_dir)
     checkpoints = StepCheckpoints(dirpath=run_dir / "checkpoints", save_last=True,
-                                  every_n_train_steps=config.checkpoint_every)
+                                  every_n_train_steps=config.checkpoint_every,
+                                  monitor="step", mode="max",  # keeps the newest
+                                  save_top_k=config.keep_checkpoints,
+                                  # step-0001500.ckpt: no "=", which a Hydra list would split
+                                  filename="step-{step:07d}", auto_insert_metric_name=False)
     last = run_dir / "checkpoints" / "last.ckpt"
     averaging = [WeightEMA(config.ema_decay)] if config.ema_decay is not None else []
     # A rich bar on a terminal, plain lines every progress_every_s seconds in a log file.
@@ -128,6 +137,13 @@ def train(config: Any) -> None:
     problem_dirs = prepare_and_open_shards(problems, config, trainer.is_global_zero)
     model_config = hydra.utils.instantiate(config.model)
     model = T2TModel(model_config, [(p.inputs, p.targets) for p in problems])
+    info = checkpoint_info(problems, problem_dirs, model_config)
+    say = print if trainer.is_global_zero else (lambda message: None)
+    resume = resumable_checkpoint(run_dir / "checkpoints", info, warn=say)
+    if config.init_from and resume is None:  # a rerun resumes its own run instead
+        say(f"t2t-train: {warm_start(model, [p.name for p in problems], config.init_from)}")
+    if config.freeze:
+        say(f"t2t-train: {freeze(model, list(config.freeze))}")
     if config.compile:
         model.body.compile_layers()
     module = T2TLitModule(
@@ -138,12 +154,10 @@ def train(config: Any) -> None:
         search_best_of=config.eval.search_best_of,
         search_time_budget_s=config.eval.search_time_budget_s,
         on_nonfinite_loss=config.on_nonfinite_loss,
-        checkpoint_info=checkpoint_info(problems, problem_dirs, model_config))
+        checkpoint_info=info)
     datamodule = T2TDataModule(problems, problem_dirs, seed=config.seed, **mixing,
                                **config.data)
 
-    say = print if trainer.is_global_zero else (lambda message: None)
-    resume = resumable_checkpoint(run_dir / "checkpoints", module.checkpoint_info, warn=say)
     say(f"t2t-train: {', '.join(p.name for p in problems)}, "
         f"{model.body.num_parameters():,} body parameters, "
         f"run_dir {run_dir}" + (f", resuming from {resume}" if resume else ""))
