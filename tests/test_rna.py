@@ -896,6 +896,15 @@ def test_train_then_decode_and_eval_eterna100(tmp_path):
     sequence, folded, energy, verdict = decoded.stdout.strip().split("\t")
     assert folded == "((((....))))" and verdict == "solved" and energy.endswith("kcal/mol")
     assert fold(sequence)[0] == folded
+    # A file of structures (an IUPAC constraint on one): a design a line, in order.
+    targets = tmp_path / "targets.txt"
+    targets.write_text("((((....))))\n(((((......))))) GNNNNNNNNNNNNNNC\n")
+    from_file = run_command("t2t-decode", "problem=rna_design", f"ckpt={checkpoint}",
+                            f"input_file={targets}", "decode.time_budget_s=10", cwd=tmp_path)
+    assert from_file.returncode == 0, from_file.stderr[-3000:]
+    designs = [line.split("\t") for line in from_file.stdout.splitlines()]
+    assert [folded for _, folded, _, _ in designs] == ["((((....))))", "(((((......)))))"]
+    assert designs[1][0][0] == "G" and designs[1][0][-1] == "C"
 
     # A benchmark the model was not trained on: the trained problem's token stands in.
     puzzles = tmp_path / "eterna"
