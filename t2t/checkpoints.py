@@ -145,19 +145,11 @@ def warm_start(model: torch.nn.Module, problem_names: list[str], path: str | Pat
     body (same model settings required), each bottom and top whose modality key (kind, options
     and vocabulary) matches, and the problem embedding rows of problems with the same name;
     the rest starts fresh, and what the checkpoint has beyond this model is dropped."""
-    from t2t.inference import UnsafeCheckpoint, read_checkpoint
+    from t2t.inference import read_t2t_checkpoint
 
     path = init_from_path(path)
-    try:
-        checkpoint = read_checkpoint(path)
-    except UnsafeCheckpoint:
-        raise
-    except Exception as error:  # truncated or foreign
-        raise UserError(f"init_from={path}: cannot read it ({str(error).splitlines()[0]})"
-                        ) from None
-    info = checkpoint.get("t2t") if isinstance(checkpoint, dict) else None
-    if not info:
-        raise UserError(f"init_from={path} is not a t2t checkpoint (no 't2t' section)")
+    checkpoint = read_t2t_checkpoint(path)
+    info = checkpoint["t2t"]
     expected = dataclasses.asdict(model.body.config)
     differ = [f"{key} {info['model'].get(key)} vs {expected[key]}" for key in ARCHITECTURE
               if key != "bottoms" and info["model"].get(key) != expected[key]]
@@ -228,21 +220,13 @@ def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
     """A checkpoint whose weights are the mean of the given checkpoints' (tensor2tensor's
     avg_checkpoints, fairseq's average_checkpoints.py): t2t-decode and t2t-eval read it like
     any other. All must be of the same problems and model; integer buffers are the newest's."""
-    from t2t.inference import UnsafeCheckpoint, read_checkpoint
+    from t2t.inference import read_t2t_checkpoint
 
     loaded = []
     for path in paths:
         if not Path(path).is_file():
             raise UserError(f"checkpoint {path} not found")
-        try:
-            checkpoint = read_checkpoint(Path(path))
-        except UnsafeCheckpoint:
-            raise
-        except Exception as error:
-            raise UserError(f"cannot read checkpoint {path}: {str(error).splitlines()[0]}"
-                            ) from None
-        if not isinstance(checkpoint, dict) or not checkpoint.get("t2t"):
-            raise UserError(f"{path} is not a t2t checkpoint (no 't2t' section)")
+        checkpoint = read_t2t_checkpoint(Path(path))
         if loaded:
             _check_same_run(Path(path), checkpoint["t2t"], loaded[0][1]["t2t"])
         loaded.append((Path(path), checkpoint))

@@ -56,20 +56,28 @@ def read_checkpoint(path: Path, mmap: bool = False) -> Any:
             f"by t2t-train, from sources you trust") from None
 
 
-def load_checkpoint(path: str | Path) -> tuple[T2TModel, list[Problem]]:
-    """The model (eval mode, CPU) and the problems it was trained on, with their vocabularies."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} not found; pass ckpt=RUN_DIR/checkpoints/last.ckpt")
+def read_t2t_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint t2t-train wrote, read safely; one line for a file that carries code, cannot
+    be read, or is not t2t's."""
     try:
         checkpoint = read_checkpoint(path)
     except UnsafeCheckpoint:
         raise
     except Exception as error:  # a truncated or foreign file
-        raise UserError(f"cannot read checkpoint {path}: {error}") from None
-    info = checkpoint.get("t2t") if isinstance(checkpoint, dict) else None
-    if not info:
+        raise UserError(f"cannot read checkpoint {path}: {str(error).splitlines()[0]}"
+                        ) from None
+    if not isinstance(checkpoint, dict) or not checkpoint.get("t2t"):
         raise UserError(f"{path} is not a t2t checkpoint (no 't2t' section)")
+    return checkpoint
+
+
+def load_checkpoint(path: str | Path) -> tuple[T2TModel, list[Problem]]:
+    """The model (eval mode, CPU) and the problems it was trained on, with their vocabularies."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} not found; pass ckpt=RUN_DIR/checkpoints/last.ckpt")
+    checkpoint = read_t2t_checkpoint(path)
+    info = checkpoint["t2t"]
     problems = [_rebuild_problem(spec) for spec in info["problems"]]
     model = T2TModel(ModelConfig(**info["model"]), [(p.inputs, p.targets) for p in problems])
     state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
