@@ -72,7 +72,12 @@ def read_t2t_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | Path) -> tuple[T2TModel, list[Problem]]:
-    """The model (eval mode, CPU) and the problems it was trained on, with their vocabularies."""
+    """The model (eval mode, CPU) and the problems it was trained on, with their vocabularies.
+    The built-in problems and installed plugins are found here; a usr_dir problem needs
+    `t2t.registry.discover(usr_dir)` first."""
+    from t2t.registry import discover
+
+    discover()
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found; pass ckpt=RUN_DIR/checkpoints/last.ckpt")

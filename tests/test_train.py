@@ -52,6 +52,15 @@ def test_train_then_decode_and_eval(tmp_path):
     assert "test: 50 examples" in evaluated.stdout and "cer" in evaluated.stdout
     assert len((tmp_path / "p.txt").read_text().splitlines()) == 50
 
+    # From Python, as a script that imports nothing else would.
+    script = ("from t2t.inference import decode_raw, load_checkpoint\n"
+              f"model, problems = load_checkpoint({str(checkpoint)!r})\n"
+              "print(decode_raw(model, problems[0], 0, ['12345'], beam_size=2)[0])\n")
+    python = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    assert python.returncode == 0, python.stderr[-2000:]
+    assert python.stdout == decoded.stdout
+
     wrong = run_command("t2t-decode", "problem=algorithmic_sort", f"ckpt={checkpoint}",
                         "input=1", cwd=tmp_path)
     assert wrong.returncode == 1
