@@ -140,6 +140,10 @@ def init_from_path(value: str | Path) -> Path:
     return path
 
 
+# One row per problem of the model, by position: a warm start maps them by problem name.
+PROBLEM_ROWS = ("body.problem_embedding.weight", "body.bos.weight")
+
+
 def warm_start(model: torch.nn.Module, problem_names: list[str], path: str | Path) -> str:
     """Load a trained checkpoint's weights into a new run's model, and say what happened: the
     body (same model settings required), each bottom and top whose modality key (kind, options
@@ -161,7 +165,7 @@ def warm_start(model: torch.nn.Module, problem_names: list[str], path: str | Pat
     state = model.state_dict()
     saved_names = [spec["name"] for spec in info["problems"]]
     kept_rows = [name for name in problem_names if name in saved_names]
-    for key in ("body.problem_embedding.weight", "body.bos.weight"):
+    for key in PROBLEM_ROWS:
         for row, name in enumerate(problem_names):
             if name in saved_names:
                 state[key][row] = saved[key][saved_names.index(name)]
@@ -169,10 +173,9 @@ def warm_start(model: torch.nn.Module, problem_names: list[str], path: str | Pat
     def component(key: str) -> str:  # body, bottoms.<modality>, tops.<modality>
         return "body" if key.startswith("body.") else ".".join(key.split(".")[:2])
 
-    rows = {"body.problem_embedding.weight", "body.bos.weight"}
     ours: dict[str, list[str]] = {}
     for key in state:
-        if key not in rows:
+        if key not in PROBLEM_ROWS:
             ours.setdefault(component(key), []).append(key)
     loaded, new = [], []
     for name, keys in ours.items():

@@ -16,8 +16,7 @@ from typing import Any
 from t2t.cli.common import run_hydra
 from t2t.errors import UserError
 
-LISTS = (".txt", ".lst")  # one path a line
-MANIFESTS = (".jsonl",)  # one JSON object a line, naming its file under one of MANIFEST_KEYS
+LISTS = (".txt", ".lst")  # one path a line; any other file is a JSONL manifest
 MANIFEST_KEYS = ("file_name", "path", "audio_filepath")  # Hugging Face imagefolder, NeMo
 
 
@@ -97,6 +96,22 @@ def input_batches(config: Any, modality: Any) -> tuple[Iterator[list[Any]], int 
     return stdin_batches(size), None, False
 
 
+def load_readable(chunk: list[Any], modality: Any, skip: bool
+                  ) -> tuple[list[Any], list[Any]]:
+    """(the raw inputs that could be read, their loaded values). With `skip`, one that cannot
+    be read is named on stderr and left out; else its error is the command's."""
+    readable, loaded = [], []
+    for raw in chunk:
+        try:
+            loaded.append(modality.load(modality.encode(raw)))
+            readable.append(raw)
+        except UserError as error:
+            if not skip:
+                raise
+            print(f"t2t-decode: skipped {error}", file=sys.stderr, flush=True)
+    return readable, loaded
+
+
 def decode_settings(decode: Any) -> dict[str, Any]:
     """The decode.* options that choose and tune the decoding algorithm."""
     keys = ("beam_size", "length_penalty", "max_length", "min_length", "best_of",
@@ -130,19 +145,11 @@ def decode(config: Any) -> None:
     settings = decode_settings(config.decode)
     chunks, total, named = input_batches(config, trained.inputs)
     out = open(config.output_file, "w", encoding="utf-8") if config.output_file else sys.stdout
-    unreadable, done, shown = [], 0, time.monotonic()
+    unreadable, done, shown = 0, 0, time.monotonic()
     try:
         for chunk in chunks:
-            readable, loaded = [], []
-            for raw in chunk:
-                try:
-                    loaded.append(trained.inputs.load(trained.inputs.encode(raw)))
-                    readable.append(raw)
-                except UserError as error:
-                    if not named:  # one input: its error is the command's
-                        raise
-                    unreadable.append(raw)
-                    print(f"t2t-decode: skipped {error}", file=sys.stderr, flush=True)
+            readable, loaded = load_readable(chunk, trained.inputs, skip=named)
+            unreadable += len(chunk) - len(readable)
             if not loaded:
                 continue
             if config.decode.num_samples == 1:
@@ -164,7 +171,7 @@ def decode(config: Any) -> None:
         if out is not sys.stdout:
             out.close()
     if unreadable:
-        raise UserError(f"{len(unreadable)} of {total} inputs could not be read (named above); "
+        raise UserError(f"{unreadable} of {total} inputs could not be read (named above); "
                         f"the others were decoded")
 
 
