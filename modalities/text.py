@@ -40,6 +40,10 @@ class TextModality(Modality):
     vocab: "sentencepiece" (subwords learned from the training split, `vocab_size` pieces),
            "char" (the characters of `alphabet`, or of the training split when not given),
            "byte" (UTF-8 bytes, 260 ids, nothing to learn).
+    vocab_file: instead of learning a vocabulary, use a trained model's (to fine-tune it on
+           new data with every embedding kept): a t2t-train checkpoint (.ckpt) holding one
+           learned text vocabulary, or a vocabulary file of a data_dir's vocab/ folder
+           (.model: SentencePiece, .json: characters). It sets `vocab` and `vocab_size`.
     """
 
     kind = "text"
@@ -52,6 +56,7 @@ class TextModality(Modality):
         vocab_size: int = 8000,
         alphabet: str | None = None,
         max_fit_sentences: int = 1_000_000,
+        vocab_file: str | None = None,
     ):
         if vocab not in ("sentencepiece", "char", "byte"):
             raise UserError(f"TextModality vocab={vocab!r}: use sentencepiece, char or byte")
@@ -64,6 +69,9 @@ class TextModality(Modality):
         self._char_ids: dict[str, int] = {}
         self._spm_proto: bytes | None = None
         self._spm = None  # SentencePieceProcessor, built lazily (it does not pickle)
+        # Read when t2t-datagen fits the vocabulary, not here: a checkpoint keeps the
+        # vocabulary itself, and rebuilding its problem elsewhere must not need the file.
+        self.vocab_file = vocab_file
         if alphabet is not None:
             self._set_alphabet(sorted(set(alphabet)))
 
@@ -95,6 +103,8 @@ class TextModality(Modality):
         return self._processor().vocab_size()
 
     def describe(self) -> str:
+        if self.vocab_file and self.needs_fit:
+            return f"text(the vocabulary of {self.vocab_file})"
         size = "" if self.vocab == "byte" else f" {self.requested_vocab_size}"
         if self.vocab == "char":
             size = f" {len(self._alphabet)}" if self._alphabet else ""
@@ -104,6 +114,8 @@ class TextModality(Modality):
 
     def fit(self, samples: Iterable[str], vocab_dir: Path) -> Path:
         vocab_dir.mkdir(parents=True, exist_ok=True)
+        if self.vocab_file:
+            return self._adopt(Path(self.vocab_file), vocab_dir)
         sentences = _take(_checked_strings(samples), self.max_fit_sentences)
         if self.vocab == "char":
             self._set_alphabet(sorted(set("".join(sentences))))
@@ -118,8 +130,47 @@ class TextModality(Modality):
             raise NotImplementedError("byte vocabularies have nothing to fit")
         return path
 
+    def _adopt(self, path: Path, vocab_dir: Path) -> Path:
+        """Take the vocabulary of `path` (see vocab_file) and save it under vocab_dir."""
+        if not path.is_file():
+            raise UserError(f"vocab_file={path}: no such file; pass a t2t-train checkpoint "
+                            f"(.ckpt) or a vocabulary file from a data_dir's vocab/ folder")
+        if path.suffix == ".ckpt":
+            key, data = _checkpoint_vocabulary(path)
+            kind = key.split(":")[1]
+            self.vocab = "char" if kind == "char" else "sentencepiece"
+            if self.vocab == "sentencepiece":
+                self.requested_vocab_size = int(kind.removeprefix("spm"))
+        elif path.suffix in (".model", ".json"):
+            key, data = None, path.read_bytes()
+            self.vocab = "sentencepiece" if path.suffix == ".model" else "char"
+        else:
+            raise UserError(f"vocab_file={path}: not a checkpoint (.ckpt) or a vocabulary "
+                            f"file (.model, .json)")
+        try:
+            self._set_vocabulary(data)
+            processor = self._processor() if self.vocab == "sentencepiece" else None
+        except (RuntimeError, ValueError) as error:  # not a SentencePiece model, not JSON
+            raise UserError(f"vocab_file={path}: not a {self.vocab} vocabulary "
+                            f"({str(error).strip()[:80]})") from None
+        if processor is not None:
+            _check_reserved_ids(processor, path)
+            if key is None:  # t2t-datagen names its files text-spm<requested size>-<digest>
+                size = path.stem.split("-")[1].removeprefix("spm") if path.stem.startswith(
+                    "text-spm") else ""
+                self.requested_vocab_size = int(size) if size.isdigit() else self.vocab_size
+        if key is not None and self.key != key:
+            raise UserError(f"vocab_file={path}: its vocabulary {key} came back as "
+                            f"{self.key}; was the text modality's code changed since?")
+        suffix = ".model" if self.vocab == "sentencepiece" else ".json"
+        saved = vocab_dir / f"{self.key.replace(':', '-')}{suffix}"
+        write_atomic(saved, data)
+        return saved
+
     def restore(self, vocab_file: Path) -> None:
-        data = Path(vocab_file).read_bytes()
+        self._set_vocabulary(Path(vocab_file).read_bytes())
+
+    def _set_vocabulary(self, data: bytes) -> None:
         if self.vocab == "char":
             self._set_alphabet(json.loads(data))
         elif self.vocab == "sentencepiece":
@@ -244,6 +295,32 @@ def _take(samples: Iterable[str], limit: int) -> list[str]:
     if not out:
         raise UserError("cannot learn a text vocabulary: the training split has no text")
     return out
+
+
+def _checkpoint_vocabulary(path: Path) -> tuple[str, bytes]:
+    """(modality key, vocabulary bytes) of the one learned text vocabulary of a checkpoint."""
+    from t2t.inference import read_t2t_checkpoint
+
+    found: dict[str, tuple[str, bytes]] = {}
+    for spec in read_t2t_checkpoint(path)["t2t"]["problems"]:
+        for role, key in spec["keys"].items():
+            if key.startswith(("text:spm", "text:char")) and role in spec["vocab"]:
+                found.setdefault(key, (f"{spec['name']} {role}", spec["vocab"][role]["data"]))
+    if len(found) != 1:
+        held = "; ".join(f"{where}: {key}" for key, (where, _) in found.items()) or "none"
+        raise UserError(f"vocab_file={path}: a checkpoint with one learned text vocabulary is "
+                        f"needed, it has {len(found)} ({held}); pass the vocabulary file "
+                        f"(vocab/*.model or *.json) from its data_dir instead")
+    key, (_, data) = next(iter(found.items()))
+    return key, data
+
+
+def _check_reserved_ids(processor, path: Path) -> None:
+    reserved = (processor.pad_id(), processor.eos_id(), processor.bos_id(), processor.unk_id())
+    if reserved != (PAD, EOS, BOS, UNK):
+        raise UserError(f"vocab_file={path}: a SentencePiece model with pad, eos, bos, unk ids "
+                        f"{reserved}; t2t needs {(PAD, EOS, BOS, UNK)} (train it with "
+                        f"pad_id=0 eos_id=1 bos_id=2 unk_id=3)")
 
 
 def _train_sentencepiece(sentences: list[str], vocab_size: int) -> bytes:

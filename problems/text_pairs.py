@@ -129,6 +129,7 @@ class TextPairs(Problem):
         vocab: Literal["sentencepiece", "char", "byte"] = "sentencepiece",
         vocab_size: int = 8000,
         shared_vocab: bool = True,
+        vocab_file: str | None = None,  # a trained model's vocabulary: its .ckpt (fine-tuning)
         holdout_size: int = 1000,
         seed: int = 1,
     ):
@@ -136,9 +137,9 @@ class TextPairs(Problem):
         self.keys = (source_key, target_key)
         self.holdout_size, self.seed = holdout_size, seed
         self.splits = ("train", "validation") + (("test",) if test else ())
-        self.inputs = TextModality(vocab=vocab, vocab_size=vocab_size)
-        self.targets = self.inputs if shared_vocab else TextModality(vocab=vocab,
-                                                                     vocab_size=vocab_size)
+        text = {"vocab": vocab, "vocab_size": vocab_size, "vocab_file": vocab_file}
+        self.inputs = TextModality(**text)
+        self.targets = self.inputs if shared_vocab else TextModality(**text)
 
     def generate_samples(self, split: str) -> Iterator[dict[str, str]]:
         if self.files["train"] is None:

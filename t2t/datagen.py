@@ -479,8 +479,8 @@ def _fit_vocabularies(
         if role in record:
             modality.restore(problem_dir / record[role])
         elif modality.needs_fit:
-            print_fn(f"{problem.name}: learning the {'+'.join(roles)} vocabulary "
-                     f"({modality.describe()}) from the training split")
+            print_fn(f"{problem.name}: fitting the {'+'.join(roles)} vocabulary "
+                     f"({modality.describe()})")
             samples = itertools.islice(problem.generate_samples("train"), max_samples)
             values = (sample[r] for sample in samples for r in roles)
             path = modality.fit(values, problem_dir / "vocab")

@@ -148,3 +148,58 @@ def test_init_from_and_freeze_bad_inputs_are_one_line(mixture, tmp_path):
     assert last_line("freeze=[body.encodr]").startswith(
         "error: unknown module 'body.encodr' in freeze; did you mean body.encoder")
     assert not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+
+
+@pytest.mark.timeout(900)
+def test_a_users_own_text_pairs_continue_a_model_in_its_vocabulary(mixture, tmp_path):
+    """New parallel text (other words) fine-tuned from a trained model: with
+    problem.vocab_file=the checkpoint its text is cut into the model's subwords, so every
+    embedding loads; learning a vocabulary of its own keeps only the body."""
+    ckpt, _, _ = mixture
+    tsv = tmp_path / "mine.tsv"
+    rng = random.Random(1)
+    english = "one two three four five six seven eight nine ten house tree cat dog".split()
+    tsv.write_text("".join(f"{' '.join(w)}\t{' '.join(reversed(w))}\n" for w in
+                           (rng.choices(english, k=rng.randint(1, 4)) for _ in range(200))))
+    mine = ["problem=text_pairs", f"problem.train={tsv}", "problem.holdout_size=20",
+            "problem.vocab_size=320", *COMMON, "trainer.max_steps=1", "optim.lr=0",
+            f"init_from={ckpt}", f"data_dir={tmp_path / 'data'}"]
+
+    def init_line(*extra: str, run: str) -> str:
+        result = run_command("t2t-train", *mine, *extra, f"run_dir={tmp_path / run}",
+                             cwd=tmp_path, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        (line,) = [s for s in result.stdout.splitlines() if s.startswith("t2t-train: init_")]
+        return line
+
+    line = init_line(f"problem.vocab_file={ckpt}", run="in-its-vocabulary")
+    assert "new:" not in line and "loaded body, bottoms.text:spm320:" in line, line
+    tuned = weights(tmp_path / "in-its-vocabulary" / "checkpoints" / "last.ckpt")
+    mixed = weights(ckpt)
+    embeddings = [k for k in tuned if k.startswith("bottoms.text:spm320:")]
+    assert embeddings and all(torch.equal(tuned[k], mixed[k]) for k in embeddings)
+
+    line = init_line(run="own-vocabulary")
+    assert "loaded body;" in line and "new: bottoms.text:spm320:" in line, line
+
+
+@pytest.mark.timeout(600)
+def test_vocab_file_bad_inputs_are_one_line(tmp_path):
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("a b\tb a\n" * 30)
+    not_a_model = tmp_path / "vocab.model"
+    not_a_model.write_bytes(b"not a sentencepiece model")
+
+    def last_line(vocab_file: Path) -> str:
+        result = run_command("t2t-datagen", "problem=text_pairs", f"problem.train={tsv}",
+                             "problem.holdout_size=5", f"problem.vocab_file={vocab_file}",
+                             f"data_dir={tmp_path / 'data'}", cwd=tmp_path)
+        assert result.returncode == 1, result.stdout[-2000:]
+        return result.stderr.strip().splitlines()[-1]
+
+    missing = tmp_path / "absent.ckpt"
+    assert last_line(missing) == (
+        f"error: vocab_file={missing}: no such file; pass a t2t-train checkpoint (.ckpt) or a "
+        f"vocabulary file from a data_dir's vocab/ folder")
+    assert last_line(not_a_model).startswith(
+        f"error: vocab_file={not_a_model}: not a sentencepiece vocabulary (")
