@@ -124,15 +124,21 @@ N_SETTINGS = ("sample", "temperature", "top_k", "top_p", "beam_size", "length_pe
               "max_length", "min_length", "seed")
 
 
+def decode_predictions(model: Any, problem: Any, index: int, loaded: list[Any],
+                       decode: Any) -> list[list[Any]]:
+    """decode.num_samples predictions for each loaded input (one, unless asked for more)."""
+    from t2t.inference import decode_loaded, decode_n_loaded
+
+    settings = decode_settings(decode)
+    if decode.num_samples == 1:
+        return [[p] for p in decode_loaded(model, problem, index, loaded, **settings)]
+    return decode_n_loaded(model, problem, index, loaded, decode.num_samples,
+                           **{k: settings[k] for k in N_SETTINGS})
+
+
 def decode(config: Any) -> None:
     from t2t.cli.common import build_problem
-    from t2t.inference import (
-        decode_loaded,
-        decode_n_loaded,
-        load_checkpoint,
-        resolve_device,
-        select_problem,
-    )
+    from t2t.inference import load_checkpoint, resolve_device, select_problem
     from t2t.problem import prediction_line
 
     device = resolve_device(config.device)
@@ -142,7 +148,6 @@ def decode(config: Any) -> None:
     index = select_problem(problems, requested.name, config.ckpt, requested)
     problem = problems[index] if problems[index].name == requested.name else requested
     trained = problems[index]  # it decodes: its search hooks know what the model learned
-    settings = decode_settings(config.decode)
     chunks, total, named = input_batches(config, trained.inputs)
     out = open(config.output_file, "w", encoding="utf-8") if config.output_file else sys.stdout
     unreadable, done, shown = 0, 0, time.monotonic()
@@ -152,12 +157,7 @@ def decode(config: Any) -> None:
             unreadable += len(chunk) - len(readable)
             if not loaded:
                 continue
-            if config.decode.num_samples == 1:
-                outputs = [[p] for p in decode_loaded(model, trained, index, loaded, **settings)]
-            else:
-                outputs = decode_n_loaded(model, trained, index, loaded,
-                                          config.decode.num_samples,
-                                          **{k: settings[k] for k in N_SETTINGS})
+            outputs = decode_predictions(model, trained, index, loaded, config.decode)
             for raw, predictions in zip(readable, outputs, strict=True):
                 for prediction in predictions:
                     line = prediction_line(problem, raw, prediction)
