@@ -191,6 +191,9 @@ def test_bad_requests_get_a_4xx_with_one_line_and_the_server_stays_up(trained, s
     assert detail(requests.post(f"{server}/predict/morse_code", timeout=60,
                                 files={"file": ("long.wav", big.getvalue())}), 413).startswith(
         "the request is 1.1 MB; t2t-serve takes at most 1 MB (max_upload_mb)")
+    latin1 = requests.post(f"{server}/predict/text_pairs", data="Mädchen".encode("latin-1"),
+                           headers={"content-type": "text/plain"}, timeout=30)
+    assert detail(latin1, 400) == "the text is not UTF-8 (invalid continuation byte at byte 1)"
     assert detail(post(server, "text_pairs", "x" * 5000), 413).startswith(
         "the input is ")  # more positions than the model has
     # Still up, and still right.

@@ -113,13 +113,18 @@ def make_app(model: Any, problems: list[Any], routes: dict[str, tuple[int, Any]]
             raise HTTPException(400, f"upload {upload}: {error}" if upload else str(error)
                                 ) from None
 
+    def too_large(size: int) -> None:
+        raise HTTPException(413, f"the request is {size / 2**20:.1f} MB; t2t-serve takes at "
+                                 f"most {max_upload_bytes / 2**20:g} MB (max_upload_mb)")
+
     async def raw_input(request: Request, modality: Any) -> tuple[Any, str | None]:
         """The request's input (text, or a file's bytes) and the uploaded file's name."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_upload_bytes:  # refused before reading
+            too_large(int(declared))
         body = await request.body()
         if len(body) > max_upload_bytes:
-            raise HTTPException(413, f"the request is {len(body) / 2**20:.1f} MB; t2t-serve "
-                                     f"takes at most {max_upload_bytes / 2**20:g} MB "
-                                     f"(max_upload_mb)")
+            too_large(len(body))
         kind = request.headers.get("content-type", "").split(";")[0].strip()
         if modality.file_suffixes:
             upload = (await request.form()).get(FILE_FIELD) if kind == "multipart/form-data" \
@@ -130,10 +135,14 @@ def make_app(model: Any, problems: list[Any], routes: dict[str, tuple[int, Any]]
                                          f"{FILE_FIELD}=@PATH)")
             return await upload.read(), upload.filename or FILE_FIELD
         if kind == "text/plain":
-            return body.decode("utf-8", errors="replace"), None
+            try:
+                return body.decode(), None
+            except UnicodeDecodeError as error:
+                raise HTTPException(400, f"the text is not UTF-8 ({error.reason} at byte "
+                                         f"{error.start})") from None
         try:
             text = json.loads(body).get("input")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError):  # not JSON, or not an object
             text = None
         if not isinstance(text, str):
             raise HTTPException(400, 'a text problem takes JSON {"input": "..."} (or a '
