@@ -181,6 +181,9 @@ def test_free_text_input_is_quoted_for_hydra():
                                                 "quickstart"),
         ("t2t-decode", ["experiment=quickstart", "ckpt=x"], "unknown option 'experiment'"),
         ("t2t-train", ["init_from=absent.ckpt"], "init_from=absent.ckpt: no such checkpoint"),
+        ("t2t-decode", [], "t2t-decode needs ckpt=...; `t2t-decode --cfg job` prints every option"),
+        ("t2t-serve", [], "t2t-serve needs ckpt=...; `t2t-serve --cfg job` prints every option"),
+        ("t2t-export", ["ckpt=x"], "t2t-export needs output=...;"),
     ],
 )
 def test_bad_training_settings_are_one_line_before_any_datagen(command, args, message,

@@ -248,13 +248,19 @@ def check_overrides(command: str, config_name: str, argv: list[str]) -> None:
             if key not in known:
                 _unknown_key(command, key, known, config)
         try:
-            compose(config_name, overrides=overrides)
+            config = compose(config_name, overrides=overrides)
         except Exception as error:
             cause = error.__cause__ or error
             message = (getattr(cause, "msg", None) or str(cause)).splitlines()[0]
             full_key = getattr(cause, "full_key", None)
             where = f" for {full_key}" if full_key else ""
             raise UserError(f"bad value{where}: {message}") from None
+        from omegaconf import OmegaConf
+
+        missing = [key for key in config if OmegaConf.is_missing(config, key)]  # ckpt=???
+        if missing:
+            raise UserError(f"{command} needs {', '.join(f'{key}=...' for key in missing)}; "
+                            f"`{command} --cfg job` prints every option")
 
 
 def _unknown_key(command: str, key: str, known: list[str], config: Any) -> typing.NoReturn:
