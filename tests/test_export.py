@@ -4,7 +4,6 @@ decoding with the saved programs gives what decoding the model gives."""
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
@@ -14,39 +13,19 @@ from t2t import decoding
 from t2t.export import ExportedDecoder
 from t2t.inference import constraint_for, decode_ids, load_checkpoint
 
-from .conftest import run_command
+from .conftest import FAMILY_MEMBERS, family_mixture_checkpoint, run_command
 
 pytestmark = pytest.mark.xdist_group("export")  # one worker exports once
 
-WORDS = "ein zwei drei vier fuenf sechs sieben acht neun zehn haus baum katze hund".split()
-MEMBERS = {
-    "text_pairs": {"vocab_size": 320, "holdout_size": 20},
-    "ocr_rendered_text": {"train_size": 160, "eval_size": 16, "max_chars": 3},
-    "morse_code": {"train_size": 160, "eval_size": 16, "max_chars": 2},
-    "rna_design": {"train_size": 160, "eval_size": 16, "max_length": 24},
-}
+MEMBERS = FAMILY_MEMBERS
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> tuple[Path, Path]:
     """(a mixture checkpoint of a few steps, the folder t2t-export wrote its programs to)."""
     folder = tmp_path_factory.mktemp("export")
-    rng = random.Random(0)
-    tsv = folder / "pairs.tsv"
-    tsv.write_text("".join(f"{' '.join(w)}\t{' '.join(reversed(w))}\n" for w in
-                           (rng.choices(WORDS, k=rng.randint(1, 4)) for _ in range(300))))
-    specs = [",".join([f"name:{name}", *(f"{k}:{v}" for k, v in options.items()),
-                       *([f"train:'{tsv}'"] if name == "text_pairs" else [])])
-             for name, options in MEMBERS.items()]
-    trained = run_command(
-        "t2t-train", "problem=mixture",
-        f"problem.members=[{','.join('{' + s + '}' for s in specs)}]", "model=tiny",
-        "trainer.max_steps=20", "optim.lr=0.003", "optim.warmup_steps=5",
-        "trainer.enable_progress_bar=false", "data.num_workers=0",
-        "trainer.val_check_interval=1000", "eval.decode_batches=1", "eval.examples=0",
-        f"data_dir={folder / 'data'}", f"run_dir={folder / 'run'}", cwd=folder, timeout=600)
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    ckpt = folder / "run" / "checkpoints" / "last.ckpt"
+    ckpt = family_mixture_checkpoint(folder, "trainer.max_steps=20", "optim.lr=0.003",
+                                     "optim.warmup_steps=5")
     result = run_command("t2t-export", f"ckpt={ckpt}", f"output={folder / 'exported'}",
                          cwd=folder, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

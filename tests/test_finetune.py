@@ -10,21 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import run_command
+from .conftest import FAMILY_MEMBERS, family_mixture_checkpoint, run_command
 
 # One worker builds the mixture checkpoint once for every test here (pyproject: loadgroup).
 pytestmark = pytest.mark.xdist_group("finetune")
 
-WORDS = "ein zwei drei vier fuenf sechs sieben acht neun zehn haus baum katze hund".split()
-
 # Each member's options, the same in the mixture and alone: a modality key (kind, options,
 # vocabulary) decides whether a bottom or top loads.
-MEMBERS = {
-    "text_pairs": {"vocab_size": 320, "holdout_size": 20},  # byte fallback: 256 + chars
-    "ocr_rendered_text": {"train_size": 160, "eval_size": 16, "max_chars": 3},
-    "morse_code": {"train_size": 160, "eval_size": 16, "max_chars": 2},
-    "rna_design": {"train_size": 160, "eval_size": 16, "max_length": 24},
-}
+MEMBERS = FAMILY_MEMBERS
 COMMON = ["model=tiny", "trainer.enable_progress_bar=false", "data.num_workers=0",
           "trainer.val_check_interval=1000", "eval.decode_batches=1", "eval.examples=0"]
 
@@ -51,18 +44,8 @@ def all_members(tsv: Path) -> list[str]:
 def mixture(tmp_path_factory) -> tuple[Path, Path, Path]:
     """(a mixture checkpoint trained for a few steps, the data_dir, the text_pairs file)."""
     folder = tmp_path_factory.mktemp("finetune")
-    rng = random.Random(0)
-    tsv = folder / "pairs.tsv"
-    lines = []
-    for _ in range(300):
-        words = rng.choices(WORDS, k=rng.randint(1, 4))
-        lines.append(f"{' '.join(words)}\t{' '.join(reversed(words))}")
-    tsv.write_text("\n".join(lines) + "\n")
-    result = run_command("t2t-train", *all_members(tsv), *COMMON, "trainer.max_steps=8",
-                         f"data_dir={folder / 'data'}", f"run_dir={folder / 'mixture'}",
-                         cwd=folder, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return folder / "mixture" / "checkpoints" / "last.ckpt", folder / "data", tsv
+    ckpt = family_mixture_checkpoint(folder, "trainer.max_steps=8")
+    return ckpt, folder / "data", folder / "pairs.tsv"
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:

@@ -23,17 +23,12 @@ import requests
 import soundfile
 from PIL import Image
 
-from .conftest import run_command
+from .conftest import FAMILY_MEMBERS, GERMAN_WORDS, family_mixture_checkpoint, run_command
 
 pytestmark = pytest.mark.xdist_group("serve")  # one worker trains the checkpoint once
 
-WORDS = "ein zwei drei vier fuenf sechs sieben acht neun zehn haus baum katze hund".split()
-MEMBERS = {
-    "text_pairs": {"vocab_size": 320, "holdout_size": 20},
-    "ocr_rendered_text": {"train_size": 160, "eval_size": 16, "max_chars": 3},
-    "morse_code": {"train_size": 160, "eval_size": 16, "max_chars": 2},
-    "rna_design": {"train_size": 160, "eval_size": 16, "max_length": 24},
-}
+WORDS = GERMAN_WORDS
+MEMBERS = FAMILY_MEMBERS
 # The server and t2t-decode decode alike: the model alone (no RNA search), short outputs.
 DECODE = ["decode.max_length=24", "decode.best_of=0"]
 INPUTS_EACH = 4
@@ -46,22 +41,8 @@ def trained(tmp_path_factory) -> tuple[Path, dict[str, list], dict[str, list[str
     whatever they are, and the RNA designs, which follow each input's structure, differ from
     input to input, so an answer sent to the wrong request shows."""
     folder = tmp_path_factory.mktemp("serve")
+    ckpt = family_mixture_checkpoint(folder, "trainer.max_steps=1", "optim.lr=0")
     rng = random.Random(0)
-    tsv = folder / "pairs.tsv"
-    tsv.write_text("".join(f"{' '.join(w)}\t{' '.join(reversed(w))}\n" for w in
-                           (rng.choices(WORDS, k=rng.randint(1, 4)) for _ in range(300))))
-    specs = [",".join([f"name:{name}", *(f"{k}:{v}" for k, v in options.items()),
-                       *([f"train:'{tsv}'"] if name == "text_pairs" else [])])
-             for name, options in MEMBERS.items()]
-    result = run_command(
-        "t2t-train", "problem=mixture",
-        f"problem.members=[{','.join('{' + s + '}' for s in specs)}]", "model=tiny",
-        "trainer.max_steps=1", "optim.lr=0",
-        "trainer.enable_progress_bar=false", "data.num_workers=0",
-        "trainer.val_check_interval=1000", "eval.decode_batches=1", "eval.examples=0",
-        f"data_dir={folder / 'data'}", f"run_dir={folder / 'run'}", cwd=folder, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    ckpt = folder / "run" / "checkpoints" / "last.ckpt"
 
     from t2t.registry import discover, problems
     discover()
