@@ -164,11 +164,10 @@ def warm_start(model: torch.nn.Module, problem_names: list[str], path: str | Pat
     saved = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
     state = model.state_dict()
     saved_names = [spec["name"] for spec in info["problems"]]
-    kept_rows = [name for name in problem_names if name in saved_names]
+    rows = _problem_rows(model, problem_names, info["problems"])
     for key in PROBLEM_ROWS:
-        for row, name in enumerate(problem_names):
-            if name in saved_names:
-                state[key][row] = saved[key][saved_names.index(name)]
+        for row, source in rows.items():
+            state[key][row] = saved[key][source]
 
     def component(key: str) -> str:  # body, bottoms.<modality>, tops.<modality>
         return "body" if key.startswith("body.") else ".".join(key.split(".")[:2])
@@ -187,7 +186,10 @@ def warm_start(model: torch.nn.Module, problem_names: list[str], path: str | Pat
             new.append(name)
     model.load_state_dict(state)
     dropped = sorted({component(k) for k in saved} - set(ours))
-    fresh_rows = [name for name in problem_names if name not in saved_names]
+    fresh_rows = [name for row, name in enumerate(problem_names) if row not in rows]
+    kept_rows = [name if name == saved_names[source] else f"{name} (from {saved_names[source]})"
+                 for name, source in ((problem_names[row], source) for row, source in
+                                      rows.items())]
     parts = [f"loaded {', '.join(loaded) or 'nothing'}",
              f"problem rows of {', '.join(kept_rows) or 'none'}"]
     if new or fresh_rows:
@@ -195,6 +197,26 @@ def warm_start(model: torch.nn.Module, problem_names: list[str], path: str | Pat
     if dropped:
         parts.append(f"dropped: {', '.join(dropped)}")
     return f"init_from {path}: {'; '.join(parts)}"
+
+
+def _problem_rows(model: torch.nn.Module, names: list[str], saved: list[dict[str, Any]]
+                  ) -> dict[int, int]:
+    """Each problem row of the new model -> the checkpoint's row it starts from: the problem of
+    the same name; else the one problem trained with the same input and target modalities
+    (your own text_pairs in a Multi30k model's vocabulary start from Multi30k's problem token
+    and BOS: fresh random ones would be new inputs to every layer)."""
+    from t2t.model import module_key
+
+    saved_names = [spec["name"] for spec in saved]
+    saved_keys = [tuple(module_key(spec["keys"][role]) for role in ("inputs", "targets"))
+                  for spec in saved]
+    rows = {}
+    for row, name in enumerate(names):
+        if name in saved_names:
+            rows[row] = saved_names.index(name)
+        elif saved_keys.count(model.keys[row]) == 1:
+            rows[row] = saved_keys.index(model.keys[row])
+    return rows
 
 
 def freeze(model: torch.nn.Module, prefixes: list[str]) -> str:

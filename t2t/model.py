@@ -513,7 +513,7 @@ class Transformer(nn.Module):
 # -- The full model: the body plus the bottoms and tops of the problems it serves ---------------
 
 
-def _module_key(modality_key: str) -> str:
+def module_key(modality_key: str) -> str:
     return modality_key.replace(".", "_")  # ModuleDict keys may not contain dots
 
 
@@ -542,16 +542,16 @@ class T2TModel(nn.Module):
         self.keys: list[tuple[str, str]] = []
         for inputs, targets in modalities:
             for modality in (inputs, targets):
-                key = _module_key(modality.key)
+                key = module_key(modality.key)
                 if key not in self.bottoms:
                     settings = config.bottoms.get(modality.kind, {})
                     self.bottoms[key] = call_with_settings(
                         modality.bottom, settings, f"model.bottoms.{modality.kind}",
                         config.d_model)
-            target_key = _module_key(targets.key)
+            target_key = module_key(targets.key)
             if target_key not in self.tops:
                 self.tops[target_key] = targets.top(config.d_model, self.bottoms[target_key])
-            self.keys.append((_module_key(inputs.key), target_key))
+            self.keys.append((module_key(inputs.key), target_key))
 
     def encode(self, problem: int, inputs: Tensor, inputs_pad: Tensor,
                packing: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:

@@ -137,7 +137,8 @@ def test_init_from_and_freeze_bad_inputs_are_one_line(mixture, tmp_path):
 def test_a_users_own_text_pairs_continue_a_model_in_its_vocabulary(mixture, tmp_path):
     """New parallel text (other words) fine-tuned from a trained model: with
     problem.vocab_file=the checkpoint its text is cut into the model's subwords, so every
-    embedding loads; learning a vocabulary of its own keeps only the body."""
+    embedding loads; learning a vocabulary of its own keeps only the body. Under another
+    problem name it starts from the problem token and BOS of the one with its modalities."""
     ckpt, _, _ = mixture
     tsv = tmp_path / "mine.tsv"
     rng = random.Random(1)
@@ -164,6 +165,22 @@ def test_a_users_own_text_pairs_continue_a_model_in_its_vocabulary(mixture, tmp_
 
     line = init_line(run="own-vocabulary")
     assert "loaded body;" in line and "new: bottoms.text:spm320:" in line, line
+
+    # A problem of another name in the same modalities (Multi30k's model continued on
+    # text_pairs) starts from that problem's token and BOS, not from random ones.
+    plugin = tmp_path / "my_pairs.py"
+    plugin.write_text("from problems.text_pairs import TextPairs\n"
+                      "from t2t import register_problem\n\n\n"
+                      "@register_problem('my_pairs')\n"
+                      "class MyPairs(TextPairs):\n"
+                      "    \"\"\"text_pairs under another name\"\"\"\n")
+    mine[0] = "problem=my_pairs"
+    line = init_line(f"usr_dir={plugin}", f"problem.vocab_file={ckpt}", run="renamed")
+    assert "problem rows of my_pairs (from text_pairs)" in line and "new:" not in line, line
+    renamed = weights(tmp_path / "renamed" / "checkpoints" / "last.ckpt")
+    row = list(MEMBERS).index("text_pairs")
+    for key in ROWS:
+        assert torch.equal(renamed[key][0], mixed[key][row])
 
 
 @pytest.mark.timeout(600)
