@@ -2,8 +2,9 @@
 
 from modalities.audio import AudioModality
 from modalities.image import ImageModality
+from modalities.nothing import NoInputs
 from modalities.rna import NucleotideModality, StructureModality
 from modalities.text import TextModality
 
-__all__ = ["AudioModality", "ImageModality", "NucleotideModality", "StructureModality",
-           "TextModality"]
+__all__ = ["AudioModality", "ImageModality", "NoInputs", "NucleotideModality",
+           "StructureModality", "TextModality"]

@@ -10,9 +10,10 @@ from problems import (
     ocr,
     rna_design,
     speech,
+    text_lm,
     text_pairs,
     translate,
 )
 
 __all__ = ["algorithmic", "fsdd", "image_text", "mnist", "morse", "ocr", "rna_design", "speech",
-           "text_pairs", "translate"]
+           "text_lm", "text_pairs", "translate"]

@@ -561,7 +561,8 @@ def _encode_chunk(split: str, first_index: int, raws: list[dict], stem: Path) ->
         lengths = [getattr(problem, r).length(encoded[r]) for r in ROLES]
         limited = [n for r, n in zip(ROLES, lengths, strict=True)
                    if getattr(problem, r).length_limited]
-        if min(lengths) == 0:
+        if any(n == 0 and not getattr(problem, r).may_be_empty
+               for r, n in zip(ROLES, lengths, strict=True)):
             dropped["empty"] += 1
         elif max_length is not None and limited and max(limited) > max_length:
             dropped["too_long"] += 1

@@ -46,6 +46,32 @@ class IncrementalDecoder(Protocol):
         ...
 
 
+def forced_start(prompts: torch.Tensor, vocab_size: int) -> Allowed:
+    """A constraint that makes each batch row's output begin with its prompt: `prompts`
+    (B, P) token ids, right-padded with PAD (an empty prompt leaves a row free). Rows of beams
+    or repeated samples (N = B * k, consecutive) follow their batch row."""
+
+    def allowed(prefix: torch.Tensor) -> torch.Tensor:
+        rows, step = prefix.shape
+        mask = torch.ones(rows, vocab_size, dtype=torch.bool, device=prefix.device)
+        if step < prompts.size(1):
+            token = prompts[:, step].to(prefix.device).repeat_interleave(
+                rows // prompts.size(0))
+            forced = token != PAD
+            mask[forced] = False
+            mask[forced, token[forced]] = True
+        return mask
+
+    return allowed
+
+
+def both(first: Allowed | None, second: Allowed | None) -> Allowed | None:
+    """The constraint of two at once (either may be None)."""
+    if first is None or second is None:
+        return first or second
+    return lambda prefix: first(prefix) & second(prefix)
+
+
 def strip(ids: torch.Tensor) -> list[list[int]]:
     """(B, L) decoding result -> one list of token ids per row, PAD removed."""
     return [[t for t in row if t != PAD] for row in ids.tolist()]

@@ -147,16 +147,21 @@ def decode_loaded(model: T2TModel, problem: Problem, index: int, loaded: list[to
                   beam_size: int = 4, length_penalty: float = 0.6, max_length: int = 256,
                   best_of: int | None = 0, temperature: float = 1.0,
                   time_budget_s: float | None = None, seed: int = 0, sample: bool = False,
-                  top_k: int = 0, top_p: float = 1.0, min_length: int = 0) -> list[Any]:
+                  top_k: int = 0, top_p: float = 1.0, min_length: int = 0,
+                  prompts: list[torch.Tensor] | None = None) -> list[Any]:
     """Predictions for loaded inputs: beam search (greedy at beam_size 1), or with best_of > 0
     the verifier-guided `search` for each input. best_of=None chooses: 64 for problems with a
     verifier (t2t.problem.Verifier), else beam search. sample=True draws one sample instead
-    (temperature, top_k, top_p; reproducible by `seed`); EOS comes after `min_length` tokens."""
+    (temperature, top_k, top_p; reproducible by `seed`); EOS comes after `min_length` tokens.
+    `prompts`: each output's first target tokens, given (the rest is decoded)."""
     best_of = 0 if sample and best_of is None else default_best_of(problem, best_of)
     if best_of > 0:
         if sample:
             raise UserError("decode.sample=true and decode.best_of > 0 both choose how to "
                             "decode; set one (decode.best_of=0 to sample)")
+        if prompts is not None:
+            raise UserError("a prompt and decode.best_of > 0 both choose how to decode; set "
+                            "decode.best_of=0 to continue a prompt")
         return [search(model, problem, index, x, best_of=best_of, temperature=temperature,
                        time_budget_s=time_budget_s, max_length=max_length, seed=seed)
                 for x in loaded]
@@ -164,11 +169,12 @@ def decode_loaded(model: T2TModel, problem: Problem, index: int, loaded: list[to
         return [outputs[0] for outputs in decode_n_loaded(
             model, problem, index, loaded, 1, sample=True, temperature=temperature,
             top_k=top_k, top_p=top_p, max_length=max_length, min_length=min_length,
-            seed=seed)]
+            seed=seed, prompts=prompts)]
     inputs, inputs_pad = _batch(model, problem, loaded)
     ids = decode_ids(model, index, inputs, inputs_pad, beam_size=beam_size,
                      length_penalty=length_penalty, max_length=max_length,
-                     allowed=constraint_for(problem, inputs, inputs_pad), min_length=min_length)
+                     allowed=_constraint(problem, inputs, inputs_pad, prompts, max_length),
+                     min_length=min_length)
     return [problem.targets.decode(row) for row in ids]
 
 
@@ -176,8 +182,8 @@ def decode_loaded(model: T2TModel, problem: Problem, index: int, loaded: list[to
 def decode_n_loaded(model: T2TModel, problem: Problem, index: int, loaded: list[torch.Tensor],
                     n: int, *, sample: bool = False, temperature: float = 1.0, top_k: int = 0,
                     top_p: float = 1.0, beam_size: int = 4, length_penalty: float = 0.6,
-                    max_length: int = 256, min_length: int = 0, seed: int = 0
-                    ) -> list[list[Any]]:
+                    max_length: int = 256, min_length: int = 0, seed: int = 0,
+                    prompts: list[torch.Tensor] | None = None) -> list[list[Any]]:
     """n predictions per input: n samples (sample=True; all drawn in one batch), or the n best
     hypotheses of beam search, best first (n <= beam_size; fewer where the beam finished
     fewer)."""
@@ -189,7 +195,7 @@ def decode_n_loaded(model: T2TModel, problem: Problem, index: int, loaded: list[
     inputs, inputs_pad = _batch(model, problem, loaded)
     if sample:  # each input n times in a row
         inputs, inputs_pad = (t.repeat_interleave(n, dim=0) for t in (inputs, inputs_pad))
-    allowed = constraint_for(problem, inputs, inputs_pad)
+    allowed = _constraint(problem, inputs, inputs_pad, prompts, max_length)
     decoder = model.decoder(index)
     rows = inputs.shape[0]
     state = decoder.start(inputs, inputs_pad, max_length)
@@ -206,6 +212,20 @@ def decode_n_loaded(model: T2TModel, problem: Problem, index: int, loaded: list[
         raise UserError(f"decode: {error}") from None
     decoded = [problem.targets.decode(row) for row in ids]
     return [decoded[i:i + n] for i in range(0, rows, n)]
+
+
+def _constraint(problem: Problem, inputs: torch.Tensor, inputs_pad: torch.Tensor,
+                prompts: list[torch.Tensor] | None, max_length: int) -> decoding.Allowed | None:
+    """The problem's decoding constraint, and the prompts' where there are prompts."""
+    allowed = constraint_for(problem, inputs, inputs_pad)
+    if prompts is None:
+        return allowed
+    longest = max((len(p) for p in prompts), default=0)
+    if longest >= max_length:
+        raise UserError(f"the prompt is {longest} tokens, and decode.max_length={max_length} "
+                        f"leaves nothing to add; raise decode.max_length or shorten the prompt")
+    padded = torch.nn.utils.rnn.pad_sequence(prompts, batch_first=True, padding_value=0)
+    return decoding.both(allowed, decoding.forced_start(padded, problem.targets.vocab_size))
 
 
 def _batch(model: T2TModel, problem: Problem, loaded: list[torch.Tensor]

@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from t2t.errors import UserError
 from t2t.inference import decode_ids, decode_loaded
-from t2t.metrics import get_metric
+from t2t.metrics import LIKELIHOOD_METRICS, get_metric, prediction_metrics
 from t2t.modality import Modality
 from t2t.model import T2TModel
 from t2t.problem import Problem, Verifier, constraint_for
@@ -107,6 +107,7 @@ class T2TLitModule(L.LightningModule):
         self.examples: dict[str, list[tuple[str, str, str]]] = {}
         self.latest_metrics: dict[str, dict[str, float]] = {}
         self._decoded: dict[int, tuple[list, list, list]] = {}
+        self._likelihood: dict[int, list] = {}
         self._clock: float | None = None
 
     # -- training ------------------------------------------------------------------------------
@@ -206,13 +207,20 @@ class T2TLitModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._decoded = {}
+        self._likelihood = {}  # problem index -> [summed target-token NLL, target tokens]
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int,
                         dataloader_idx: int = 0) -> None:
-        loss, _ = self.loss(batch, 0.0)
+        loss, tokens = self.loss(batch, 0.0)
         problem = self.problems[batch["problem"]]
         self.log(f"val/{problem.name}/loss", loss, sync_dist=True,
                  batch_size=len(batch["targets"]), add_dataloader_idx=False)
+        if batch["weight"]:  # a filler batch (see `equalize`) repeats samples
+            totals = self._likelihood.setdefault(batch["problem"], [0.0, 0])
+            totals[0] += float(loss) * tokens
+            totals[1] += tokens
+        if not prediction_metrics(problem.metrics):
+            return
         # Decode batches spread over the split: its batches are sorted by length.
         counts = self.trainer.num_val_batches
         total = counts[dataloader_idx] if counts else 1
@@ -257,13 +265,35 @@ class T2TLitModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         for index, (sources, predictions, references) in self._all_ranks_decoded().items():
             problem = self.problems[index]
-            scores = {name: get_metric(name)(predictions, references) for name in problem.metrics}
+            scores = {name: get_metric(name)(predictions, references)
+                      for name in prediction_metrics(problem.metrics)}
             self.latest_metrics[problem.name] = scores
             self.examples[problem.name] = list(zip(sources, predictions, references,
                                                    strict=True))
             # The same on every rank: each scored every rank's decodes.
             self.log_dict({f"val/{problem.name}/{k}": float(v) for k, v in scores.items()},
                           sync_dist=True)
+
+        for index, (nll, tokens) in self._all_ranks_likelihood().items():
+            problem = self.problems[index]
+            scores = {name: LIKELIHOOD_METRICS[name](nll / max(tokens, 1))
+                      for name in problem.metrics if name in LIKELIHOOD_METRICS}
+            self.latest_metrics.setdefault(problem.name, {}).update(scores)
+            self.log_dict({f"val/{problem.name}/{k}": float(v) for k, v in scores.items()},
+                          sync_dist=True)
+
+    def _all_ranks_likelihood(self) -> dict[int, tuple[float, int]]:
+        """Each problem's summed NLL and token count over every rank's share of the split."""
+        totals = {i: t for i, t in self._likelihood.items()
+                  if any(m in LIKELIHOOD_METRICS for m in self.problems[i].metrics)}
+        if self.trainer.world_size == 1:
+            return {i: (nll, n) for i, (nll, n) in totals.items()}
+        summed = torch.zeros(len(self.problems), 2, dtype=torch.float64, device=self.device)
+        for index, (nll, tokens) in totals.items():
+            summed[index] = torch.tensor([nll, tokens], dtype=torch.float64)
+        torch.distributed.all_reduce(summed)
+        return {i: (float(summed[i, 0]), int(summed[i, 1])) for i in range(len(self.problems))
+                if summed[i, 1] > 0}
 
     def _all_ranks_decoded(self) -> dict[int, tuple[list, list, list]]:
         """What every rank decoded: each rank validates its own share of the split, and

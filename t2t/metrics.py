@@ -11,6 +11,7 @@ A problem module registers metrics of its own with `register_metric`:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -119,3 +120,15 @@ def wer(predictions: Sequence[str], references: References) -> float:
     from torchmetrics.functional.text import word_error_rate
 
     return _error_rate(word_error_rate, predictions, references)
+
+
+# Scores of the model's likelihood of the references rather than of its predictions:
+# validation and t2t-eval compute them from the mean negative log-likelihood of the target
+# tokens (EOS included), through these functions.
+LIKELIHOOD_METRICS: dict[str, Callable[[float], float]] = {"perplexity": math.exp}
+HIGHER_IS_BETTER["perplexity"] = False
+
+
+def prediction_metrics(names: Sequence[str]) -> list[str]:
+    """Those of `names` scored on predictions (decoded), not on the likelihood."""
+    return [name for name in names if name not in LIKELIHOOD_METRICS]

@@ -37,6 +37,9 @@ class Modality:
     # Suffixes of the files a raw input may be (media): t2t-decode then takes files, folders
     # and lists of them; none: a raw input is a line of text.
     file_suffixes: ClassVar[tuple[str, ...]] = ()
+    # Whether a value of length 0 is a sample like any other (a problem without inputs);
+    # otherwise datagen drops and counts it as empty.
+    may_be_empty: ClassVar[bool] = False
 
     @property
     def key(self) -> str:

@@ -212,10 +212,13 @@ def constraint_for(problem: Any, inputs: Any, inputs_pad: Any) -> Allowed | None
 
 
 def prediction_line(problem: Any, inputs: Any, prediction: Any) -> str:
-    """t2t-decode's output line for a prediction: the problem's format, or str(prediction)."""
+    """t2t-decode's output line for a prediction: the problem's format, or str(prediction);
+    one line whatever it holds (a sampled line break comes out as a backslash and n)."""
     if isinstance(problem, FormatsPredictions):
-        return problem.format_prediction(inputs, prediction)
-    return str(prediction)
+        line = problem.format_prediction(inputs, prediction)
+    else:
+        line = str(prediction)
+    return line.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def resolve_raw_dir(raw_dir: str | Path | None, problem_name: str) -> Path:

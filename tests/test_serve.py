@@ -114,7 +114,8 @@ def post(url: str, name: str, value) -> requests.Response:
 
 def answer(name: str, reply: dict) -> str:
     """What t2t-decode prints for it: the formatted line where the problem formats one."""
-    return reply["formatted"] if name == "rna_design" else reply["prediction"]
+    line = reply["formatted"] if name == "rna_design" else reply["prediction"]
+    return line.replace("\r", "\\r").replace("\n", "\\n")  # t2t-decode's one line
 
 
 @pytest.mark.timeout(900)

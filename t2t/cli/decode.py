@@ -125,18 +125,33 @@ N_SETTINGS = ("sample", "temperature", "top_k", "top_p", "beam_size", "length_pe
 
 
 def decode_predictions(model: Any, problem: Any, index: int, loaded: list[Any],
-                       decode: Any) -> list[list[Any]]:
-    """decode.num_samples predictions for each loaded input (one, unless asked for more)."""
+                       decode: Any, prompts: list[Any] | None = None) -> list[list[Any]]:
+    """decode.num_samples predictions for each loaded input (one, unless asked for more);
+    `prompts`: the start of each output, given."""
     from t2t.inference import decode_loaded, decode_n_loaded
 
     settings = decode_settings(decode)
     if decode.num_samples == 1:
-        return [[p] for p in decode_loaded(model, problem, index, loaded, **settings)]
-    return decode_n_loaded(model, problem, index, loaded, decode.num_samples,
+        return [[p] for p in decode_loaded(model, problem, index, loaded, prompts=prompts,
+                                           **settings)]
+    return decode_n_loaded(model, problem, index, loaded, decode.num_samples, prompts=prompts,
                            **{k: settings[k] for k in N_SETTINGS})
 
 
+def prompted(model: Any, problem: Any, chunk: list[str]) -> tuple[list[Any], list[Any]]:
+    """A problem without inputs: (its empty inputs, each line of `chunk` as the start of the
+    output, in target tokens)."""
+    prompts = [problem.targets.load(problem.targets.encode(text)) for text in chunk]
+    context = model.body.config.max_positions - 1  # the BOS takes a position
+    longest = max(len(p) for p in prompts)
+    if longest >= context:
+        raise UserError(f"the prompt is {longest} tokens; this model reads at most {context} "
+                        f"(model max_positions {context + 1}, one for the start)")
+    return [problem.inputs.load(b"") for _ in chunk], prompts
+
+
 def decode(config: Any) -> None:
+    from modalities import NoInputs
     from t2t.cli.common import build_problem
     from t2t.inference import load_checkpoint, resolve_device, select_problem
     from t2t.problem import prediction_line
@@ -148,16 +163,25 @@ def decode(config: Any) -> None:
     index = select_problem(problems, requested.name, config.ckpt, requested)
     problem = problems[index] if problems[index].name == requested.name else requested
     trained = problems[index]  # it decodes: its search hooks know what the model learned
-    chunks, total, named = input_batches(config, trained.inputs)
+    no_inputs = isinstance(trained.inputs, NoInputs)  # `input` is then a prompt
+    if no_inputs and config.input is None and config.input_file is None:
+        chunks, total, named = iter([[""]]), 1, False  # no prompt: from the start
+    else:
+        chunks, total, named = input_batches(config, trained.inputs)
     out = open(config.output_file, "w", encoding="utf-8") if config.output_file else sys.stdout
     unreadable, done, shown = 0, 0, time.monotonic()
     try:
         for chunk in chunks:
-            readable, loaded = load_readable(chunk, trained.inputs, skip=named)
+            prompts = None
+            if no_inputs:
+                readable = chunk
+                loaded, prompts = prompted(model, trained, chunk)
+            else:
+                readable, loaded = load_readable(chunk, trained.inputs, skip=named)
             unreadable += len(chunk) - len(readable)
             if not loaded:
                 continue
-            outputs = decode_predictions(model, trained, index, loaded, config.decode)
+            outputs = decode_predictions(model, trained, index, loaded, config.decode, prompts)
             for raw, predictions in zip(readable, outputs, strict=True):
                 for prediction in predictions:
                     line = prediction_line(problem, raw, prediction)

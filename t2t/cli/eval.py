@@ -7,6 +7,7 @@ from typing import Any
 
 from t2t.cli.common import build_problem, run_hydra
 from t2t.errors import UserError
+from t2t.metrics import LIKELIHOOD_METRICS, get_metric, prediction_metrics
 
 
 def evaluate(config: Any) -> None:
@@ -23,14 +24,50 @@ def evaluate(config: Any) -> None:
     samples = split_samples(config, shards_problem, problems[index])
     settings = decode_settings(config.decode)
     start = time.perf_counter()
-    # The trained problem decodes: its search hooks know what the model learned.
-    predictions = decode_in_length_order(model, problems[index], index, samples,
-                                         config.decode.batch_size, settings)
+    scores = likelihood_scores(model, problem, index, samples, config.decode.batch_size)
+    predictions = []
+    if prediction_metrics(problem.metrics) or config.output_file:
+        # The trained problem decodes: its search hooks know what the model learned.
+        predictions = decode_in_length_order(model, problems[index], index, samples,
+                                             config.decode.batch_size, settings)
+        references = [s.get("references") or problem.targets.decode(s["targets"])
+                      for s in samples]
+        scores.update({name: get_metric(name)(predictions, references)
+                       for name in prediction_metrics(problem.metrics)})
     seconds = time.perf_counter() - start
     if config.output_file:
         with open(config.output_file, "w", encoding="utf-8") as f:
             f.writelines(f"{p}\n" for p in predictions)
-    report(problem, config.split, samples, predictions, settings, seconds, device)
+    report(problem, config.split, samples, predictions, scores, settings, seconds, device)
+
+
+def likelihood_scores(model: Any, problem: Any, index: int, samples: list[dict[str, Any]],
+                      batch_size: int) -> dict[str, float]:
+    """The problem's likelihood metrics (perplexity): the model's mean negative
+    log-likelihood of the split's targets, EOS included, teacher-forced."""
+    import torch
+    import torch.nn.functional as F
+
+    from t2t.inference import batches
+    from t2t.lit_module import add_eos
+    from t2t.tokens import PAD
+
+    names = [name for name in problem.metrics if name in LIKELIHOOD_METRICS]
+    if not names:
+        return {}
+    device = next(model.parameters()).device
+    nll, tokens = 0.0, 0
+    with torch.no_grad():
+        for chunk in batches(samples, batch_size):
+            inputs, inputs_pad = problem.inputs.collate([s["inputs"] for s in chunk])
+            targets, _ = problem.targets.collate([s["targets"] for s in chunk])
+            targets = targets.to(device)
+            logits = model(index, inputs.to(device), inputs_pad.to(device), targets)
+            labels = add_eos(targets)
+            nll += float(F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
+                                         ignore_index=PAD, reduction="sum"))
+            tokens += int((labels != PAD).sum())
+    return {name: LIKELIHOOD_METRICS[name](nll / max(tokens, 1)) for name in names}
 
 
 def chosen_problem(config: Any, problems: list[Any]) -> tuple[int, Any, Any]:
@@ -80,25 +117,24 @@ def decode_in_length_order(model: Any, problem: Any, index: int, samples: list[d
 
 
 def report(problem: Any, split: str, samples: list[dict[str, Any]], predictions: list[Any],
-           settings: dict[str, Any], seconds: float, device: Any) -> None:
+           scores: dict[str, float], settings: dict[str, Any], seconds: float,
+           device: Any) -> None:
     """The metrics table and, for a problem with a verifier, which predictions verify."""
     from rich.table import Table
 
     from t2t.cli.report import console
     from t2t.inference import default_best_of
-    from t2t.metrics import get_metric
     from t2t.problem import Verifier
 
-    references = [s.get("references") or problem.targets.decode(s["targets"]) for s in samples]
     best_of = default_best_of(problem, settings["best_of"])
     how = (f"search: best of {best_of}, {settings['time_budget_s']} s each" if best_of
-           else f"beam {settings['beam_size']}")
+           else f"beam {settings['beam_size']}" if predictions else "teacher-forced")
     table = Table(title=f"{problem.name} / {split}: {len(samples)} examples, {how}, "
                         f"{seconds:.1f} s on {device}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name in problem.metrics:
-        table.add_row(name, f"{get_metric(name)(predictions, references):.4f}")
+        table.add_row(name, f"{scores[name]:.4f}")
     console().print(table)
     if isinstance(problem, Verifier):
         failed = [number for number, (sample, prediction)
