@@ -3,7 +3,8 @@ checkpoint, and fine-tuning a small parallel text of one's own from the trained 
 training on it from scratch.
 
     python benchmarks/after_training.py [--pretrain-steps 3000] [--average 5]
-        [--finetune-steps 800] [--directions en-de,de-en] [--stages pretrain,average,finetune]
+        [--finetune-steps 800] [--finetune-lr 0.002] [--directions en-de,de-en]
+        [--ways scratch,body,all] [--stages pretrain,average,finetune]
 
 1. pretrain: translate_deen_multi30k (German to English), model=mini, --pretrain-steps
    optimizer steps, a checkpoint every --checkpoint-every steps, the last --average kept.
@@ -31,9 +32,8 @@ from pathlib import Path
 
 from budget import SHARED, appended, evaluate, run, script
 
-SETTINGS = ["model=mini", "data.max_tokens=2048", "optim.lr=0.002",
-            "trainer.val_check_interval=500", "trainer.enable_progress_bar=false",
-            "progress_every_s=null"]
+SETTINGS = ["model=mini", "data.max_tokens=2048", "trainer.val_check_interval=500",
+            "trainer.enable_progress_bar=false", "progress_every_s=null"]
 
 
 def main() -> None:
@@ -51,6 +51,10 @@ def main() -> None:
     parser.add_argument("--stages", default="pretrain,average,finetune")
     parser.add_argument("--directions", default="en-de,de-en",
                         help="of the fine-tuning data; the model was trained de-en")
+    parser.add_argument("--finetune-lr", type=float, default=0.002)
+    parser.add_argument("--ways", default="scratch,body,all",
+                        help="fine-tuning from scratch, init_from with its own vocabulary "
+                             "(body), init_from in the model's vocabulary (all)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     stages = args.stages.split(",")
@@ -70,7 +74,8 @@ def main() -> None:
     last = pretrained_dir / "checkpoints" / "last.ckpt"
     if "pretrain" in stages:
         run([script("t2t-train"), "experiment=translate_deen_multi30k", *multi30k, *SETTINGS,
-             "optim.warmup_steps=400", f"trainer.max_steps={args.pretrain_steps}",
+             "optim.lr=0.002", "optim.warmup_steps=400",
+             f"trainer.max_steps={args.pretrain_steps}",
              f"checkpoint_every={args.checkpoint_every}", f"keep_checkpoints={args.average}",
              f"run_dir={pretrained_dir}"])
 
@@ -90,10 +95,12 @@ def main() -> None:
 
     if "finetune" in stages:
         raw = args.raw_dir
-        ways = {"from scratch": [],
-                "init_from, own vocabulary": [f"init_from={last}"],
-                "init_from, the model's vocabulary": [f"init_from={last}",
-                                                      f"problem.vocab_file={last}"]}
+        ways = {"scratch": ("from scratch", []),
+                "body": ("init_from, own vocabulary", [f"init_from={last}"]),
+                "all": ("init_from, the model's vocabulary",
+                        [f"init_from={last}", f"problem.vocab_file={last}"])}
+        chosen = args.ways.split(",")
+        lr = "" if args.finetune_lr == 0.002 else f", lr {args.finetune_lr:g}"
         for direction in args.directions.split(","):
             source, target = direction.split("-")
             own = ["problem=text_pairs",
@@ -101,16 +108,17 @@ def main() -> None:
                    f"problem.test=[{raw}/test_2016_flickr.{source}.gz,"
                    f"{raw}/test_2016_flickr.{target}.gz]",
                    "problem.holdout_size=100", f"data_dir={args.data_dir}"]
-            for index, (way, extra) in enumerate(ways.items()):
-                row = f"{direction}: {way}"
-                if (row, args.finetune_steps) in done:
+            for index, (name, (way, extra)) in enumerate(ways.items()):
+                row = f"{direction}: {way}{lr}"
+                if name not in chosen or (row, args.finetune_steps) in done:
                     continue
                 problem = own + [o for o in extra if o.startswith("problem.")]
                 warm = [o for o in extra if not o.startswith("problem.")]
-                run_dir = args.out / f"finetune-{direction}-{index}"
+                run_dir = args.out / f"finetune-{direction}-{index}{lr.replace(', lr ', '-')}"
                 output = run([script("t2t-train"), *problem, *SETTINGS,
-                              "optim.warmup_steps=100", f"trainer.max_steps={args.finetune_steps}",
-                              *warm, f"run_dir={run_dir}"])
+                              f"optim.lr={args.finetune_lr}", "optim.warmup_steps=100",
+                              f"trainer.max_steps={args.finetune_steps}", *warm,
+                              f"run_dir={run_dir}"])
                 print(*(line for line in output.splitlines() if "init_from" in line), sep="\n")
                 record(row, args.finetune_steps,
                        evaluate(problem, run_dir / "checkpoints" / "last.ckpt",
