@@ -6,7 +6,17 @@ from __future__ import annotations
 import pytest
 
 from t2t.errors import UserError
-from t2t.metrics import HIGHER_IS_BETTER, METRICS, bleu, cer, chrf, exact_match, get_metric, wer
+from t2t.metrics import (
+    HIGHER_IS_BETTER,
+    LIKELIHOOD_METRICS,
+    METRICS,
+    bleu,
+    cer,
+    chrf,
+    exact_match,
+    get_metric,
+    wer,
+)
 
 SENTENCES = ["the cat sat on the mat", "a dog runs in the park", "zwei Männer im Freien"]
 BUILT_IN = ["bleu", "cer", "chrf", "exact_match", "wer"]  # problems register others
@@ -71,7 +81,8 @@ def test_get_metric_by_name():
     assert set(BUILT_IN) <= set(METRICS)
     for name, function in METRICS.items():
         assert get_metric(name) is function
-    assert set(HIGHER_IS_BETTER) == set(METRICS)
+    assert set(HIGHER_IS_BETTER) == set(METRICS) | set(LIKELIHOOD_METRICS)
+    assert not HIGHER_IS_BETTER["perplexity"]
     assert HIGHER_IS_BETTER["bleu"] and not HIGHER_IS_BETTER["wer"]
     assert [name for name in BUILT_IN if HIGHER_IS_BETTER[name]] == ["bleu", "chrf",
                                                                       "exact_match"]
