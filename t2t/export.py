@@ -91,7 +91,9 @@ def export_problem(model: Any, problem: Any, index: int, example: list[Any],
         L, B, H = len(model.body.decoder), inputs.size(0), c.num_heads
         cache = torch.zeros(L, B, H, max_length + 1, c.d_model // H)
         tokens, position = torch.zeros(B, dtype=torch.long), torch.tensor(0)
-        batch, memory, steps = Dim("batch"), Dim("memory"), Dim("steps")
+        # The encoded length is free, or fixed where the encoder sees no inputs (a language
+        # model: the problem token alone): AUTO finds which.
+        batch, memory, steps = Dim("batch"), Dim.AUTO, Dim("steps")
         step = export(Step(model, index),
                       (tokens, position, cache, cache.clone(), cross_k, cross_v, memory_mask),
                       dynamic_shapes=({0: batch}, None, {1: batch, 3: steps},

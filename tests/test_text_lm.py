@@ -121,3 +121,30 @@ def test_text_lm_bad_inputs_are_one_line(trained, tmp_path):
     assert re.fullmatch(r"error: the prompt is \d+ tokens, and decode.max_length=3 leaves "
                         r"nothing to add; raise decode.max_length or shorten the prompt",
                         refused("input=the cat sat on a mat", "decode.max_length=3"))
+
+
+@pytest.mark.timeout(600)
+def test_the_export_of_a_language_model_continues_a_prompt_as_the_model_does(trained,
+                                                                           tmp_path):
+    import torch
+
+    from t2t import decoding
+    from t2t.export import ExportedDecoder
+    from t2t.inference import decode_ids, load_checkpoint
+
+    ckpt, _, _ = trained
+    result = run_command("t2t-export", f"ckpt={ckpt}", f"output={tmp_path}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    model, (problem,) = load_checkpoint(ckpt)
+    prompts = [problem.targets.load(problem.targets.encode(text))
+               for text in ("the big", "a", "")]
+    inputs, inputs_pad = problem.inputs.collate([problem.inputs.load(b"")] * len(prompts))
+    padded = torch.nn.utils.rnn.pad_sequence(prompts, batch_first=True)
+    start = decoding.forced_start(padded, problem.targets.vocab_size)
+    eager = decode_ids(model, 0, inputs, inputs_pad, beam_size=1, max_length=20,
+                       allowed=start)
+    program = ExportedDecoder.load(tmp_path / "text_lm")
+    ids = decoding.greedy(program, program.start(inputs, inputs_pad, 20), batch_size=3,
+                          max_length=20, allowed=start)
+    assert decoding.strip(ids) == eager
+    assert problem.targets.decode(eager[0]).startswith("the big")
