@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from modalities import ImageModality, TextModality
+from modalities import ImageModality, PixelModality, TextModality
 from t2t import Problem, register_problem
 from t2t.errors import UserError
 from t2t.files import download
@@ -131,3 +131,25 @@ def compose(digits: list[np.ndarray], rng: random.Random) -> np.ndarray:
         np.maximum(region, digit, out=region)  # overlapping strokes stay visible
         x += 28 + gap
     return canvas[:, : max(x + 4, 32)]
+
+
+@register_problem("draw_digit_strings")
+class DrawDigitStrings(MnistDigitStrings):
+    """Draw a string of 1-3 handwritten digits: "4 0 7" -> a strip of MNIST digits."""
+
+    metrics = ()
+    targets_in_input_order = False
+
+    def __init__(self, *, raw_dir: str | None = None, min_digits: int = 1, max_digits: int = 3,
+                 train_size: int = 50_000, eval_size: int = 1000, seed: int = 1,
+                 height: int = 16, levels: int = 8):
+        super().__init__(raw_dir=raw_dir, min_digits=min_digits, max_digits=max_digits,
+                         train_size=train_size, eval_size=eval_size, seed=seed)
+        # `compose` makes strips 32 pixels high and at most 34 a digit + 8 wide.
+        widest = -(-(34 * max_digits + 8) * height // 32)
+        self.inputs = TextModality(vocab="char", alphabet="0123456789 ")
+        self.targets = PixelModality(height=height, levels=levels, max_width=widest)
+
+    def generate_samples(self, split: str) -> Iterator[dict]:
+        for sample in super().generate_samples(split):
+            yield {"inputs": " ".join(sample["targets"]), "targets": sample["inputs"]}

@@ -68,6 +68,7 @@ TEST_OPTIONS = {
     "text_pairs": _text_pairs_files,
     "text_lm": _text_lm_corpus,
     "mnist_digit_strings": lambda tmp: {"raw_dir": str(dataset_dir("mnist"))},
+    "draw_digit_strings": lambda tmp: {"raw_dir": str(dataset_dir("mnist"))},
     "image_text_folder": _image_folder,
     "speech_manifest": _speech_manifest,
     "spoken_digits_fsdd": lambda tmp: {"raw_dir": str(dataset_dir("fsdd"))},
