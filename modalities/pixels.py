@@ -5,6 +5,7 @@ that EOS ends, so the model need not know the width before it draws."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,8 @@ class PixelModality(Modality):
 
     kind = "pixels"
     extension = "pix"
+    output_suffix = ".png"  # t2t-decode writes each drawing (t2t.modality.SavesPredictions)
+    length_limited = False  # height x max_width at most: encode refuses wider ones
 
     def __init__(self, height: int = 28, levels: int = 16, max_width: int = 168):
         if height < 1 or max_width < 1 or not 2 <= levels <= 256:
@@ -76,6 +79,14 @@ class PixelModality(Modality):
         grid[:len(levels)] = levels
         pixels = grid.reshape(columns, self.height).T * 255 // (self.levels - 1)
         return pixels.astype(np.uint8)
+
+    def save(self, value: np.ndarray, path: Path) -> None:
+        from PIL import Image
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if value.shape[1] == 0:  # nothing drawn (EOS first): a file has one column at least
+            value = np.zeros((self.height, 1), dtype=np.uint8)
+        Image.fromarray(value).save(path)  # (H, W) uint8: grey
 
     def bottom(self, d_model: int) -> nn.Module:
         return TextEmbedding(self.vocab_size, d_model)

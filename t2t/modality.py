@@ -8,7 +8,7 @@ import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -107,6 +107,18 @@ class Modality:
     def describe(self) -> str:
         """Short human-readable form for listings, e.g. 'text(sentencepiece 8000)'."""
         return self.kind
+
+
+@runtime_checkable
+class SavesPredictions(Protocol):
+    """A target modality whose predictions are files (a picture): t2t-decode writes each one
+    and prints its path."""
+
+    output_suffix: str  # e.g. ".png"
+
+    def save(self, value: Any, path: Path) -> None:
+        """Write a decoded prediction to `path`."""
+        ...
 
 
 def call_with_settings(method: Callable[..., Any], settings: Mapping[str, Any], where: str,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -55,6 +57,17 @@ def test_an_image_target_wider_than_max_width_is_one_line():
         PixelModality(levels=1)
 
 
+def test_nothing_drawn_is_saved_as_one_black_column(tmp_path):
+    from PIL import Image
+
+    pixels = PixelModality(height=4)
+    empty = pixels.decode(torch.tensor([EOS]))
+    assert empty.shape == (4, 0)
+    pixels.save(empty, tmp_path / "empty.png")
+    with Image.open(tmp_path / "empty.png") as drawing:
+        assert drawing.size == (1, 4) and drawing.getextrema() == (0, 0)
+
+
 def test_the_top_scores_each_grey_level_with_the_bottoms_embedding():
     pixels = PixelModality(levels=16)
     bottom = pixels.bottom(32)
@@ -64,3 +77,35 @@ def test_the_top_scores_each_grey_level_with_the_bottoms_embedding():
     assert embedded.shape == (1, 56, 32)
     assert top(embedded).shape == (1, 56, pixels.vocab_size)
     assert top.embedding is bottom.embedding  # tied
+
+
+@pytest.mark.timeout(600)
+def test_draw_digit_strings_trains_and_t2t_decode_writes_the_drawings(tmp_path):
+    from PIL import Image
+
+    from .conftest import dataset_dir, run_command
+
+    problem = ["problem=draw_digit_strings", f"problem.raw_dir={dataset_dir('mnist')}",
+               "problem.train_size=64", "problem.eval_size=8"]
+    trained = run_command("t2t-train", *problem, "model=tiny", "trainer.max_steps=2",
+                          "trainer.enable_progress_bar=false", "data.num_workers=0",
+                          "trainer.val_check_interval=2", "eval.examples=0",
+                          f"data_dir={tmp_path / 'data'}", f"run_dir={tmp_path / 'run'}",
+                          cwd=tmp_path, timeout=600)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+
+    def decode(*options: str) -> list[str]:
+        result = run_command("t2t-decode", "problem=draw_digit_strings", f"ckpt={ckpt}",
+                             "decode.max_length=64", *options, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout.splitlines()
+
+    assert decode("input=4 0 7", f"output_file={tmp_path / 'out.png'}") == [
+        str(tmp_path / "out.png")]
+    with Image.open(tmp_path / "out.png") as drawing:
+        assert drawing.mode == "L" and drawing.height == 16 and drawing.width <= 4  # 64 / 16
+    sampled = decode("input=1 2", "decode.sample=true", "decode.num_samples=2",
+                     f"output_file={tmp_path / 'drawn' / 'x.png'}")
+    assert sampled == [str(tmp_path / "drawn" / f"x-{i}.png") for i in range(2)]
+    assert all(Path(path).is_file() for path in sampled)

@@ -154,6 +154,7 @@ def decode(config: Any) -> None:
     from modalities import NoInputs
     from t2t.cli.common import build_problem
     from t2t.inference import load_checkpoint, resolve_device, select_problem
+    from t2t.modality import SavesPredictions
     from t2t.problem import prediction_line
 
     device = resolve_device(config.device)
@@ -164,12 +165,17 @@ def decode(config: Any) -> None:
     problem = problems[index] if problems[index].name == requested.name else requested
     trained = problems[index]  # it decodes: its search hooks know what the model learned
     no_inputs = isinstance(trained.inputs, NoInputs)  # `input` is then a prompt
+    pictures = None  # targets that are files: written there, their paths printed
+    if isinstance(trained.targets, SavesPredictions):
+        pictures = Path(config.output_file or f"decoded{trained.targets.output_suffix}")
     if no_inputs and config.input is None and config.input_file is None:
         chunks, total, named = iter([[""]]), 1, False  # no prompt: from the start
     else:
         chunks, total, named = input_batches(config, trained.inputs)
-    out = open(config.output_file, "w", encoding="utf-8") if config.output_file else sys.stdout
-    unreadable, done, shown = 0, 0, time.monotonic()
+    out = (open(config.output_file, "w", encoding="utf-8")
+           if config.output_file and pictures is None else sys.stdout)
+    single = total == 1 and config.decode.num_samples == 1
+    unreadable, done, shown, written = 0, 0, time.monotonic(), 0
     try:
         for chunk in chunks:
             prompts = None
@@ -184,6 +190,11 @@ def decode(config: Any) -> None:
             outputs = decode_predictions(model, trained, index, loaded, config.decode, prompts)
             for raw, predictions in zip(readable, outputs, strict=True):
                 for prediction in predictions:
+                    if pictures is not None:
+                        path = pictures if single else pictures.with_name(
+                            f"{pictures.stem}-{written}{pictures.suffix}")
+                        trained.targets.save(prediction, path)
+                        prediction, written = path, written + 1
                     line = prediction_line(problem, raw, prediction)
                     print(f"{raw}\t{line}" if named else line, file=out,
                           flush=out is sys.stdout)
