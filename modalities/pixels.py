@@ -16,7 +16,7 @@ from modalities.image import _pil_image
 from modalities.text import TextEmbedding, TiedSoftmax
 from t2t.errors import UserError
 from t2t.modality import Modality
-from t2t.tokens import BOS, EOS, NUM_RESERVED, PAD
+from t2t.tokens import NUM_RESERVED, content_ids
 
 
 class PixelModality(Modality):
@@ -68,12 +68,7 @@ class PixelModality(Modality):
     def decode(self, ids: Any) -> np.ndarray:
         """Ids -> a (height, W) uint8 grey image: up to the first EOS, PAD and BOS skipped;
         a last column cut short is filled with black."""
-        levels = []
-        for i in ids.tolist() if isinstance(ids, torch.Tensor) else ids:
-            if i == EOS:
-                break
-            if i not in (PAD, BOS):
-                levels.append(min(max(int(i) - NUM_RESERVED, 0), self.levels - 1))
+        levels = [min(max(i - NUM_RESERVED, 0), self.levels - 1) for i in content_ids(ids)]
         columns = -(-len(levels) // self.height)
         grid = np.zeros(columns * self.height, dtype=np.int64)
         grid[:len(levels)] = levels

@@ -24,7 +24,7 @@ from torch import nn
 from modalities.text import TextEmbedding, TiedSoftmax
 from t2t.errors import UserError
 from t2t.modality import Modality
-from t2t.tokens import EOS, NUM_RESERVED, PAD
+from t2t.tokens import EOS, NUM_RESERVED, content_ids
 
 STRUCTURE = "(.)"
 BASES = "ACGU"
@@ -216,13 +216,8 @@ class NucleotideModality(Modality):
         return len(data)
 
     def decode(self, ids: Any) -> str:
-        out = []
-        for i in ids.tolist() if isinstance(ids, torch.Tensor) else ids:
-            if i == EOS:
-                break
-            if i != PAD and NUM_RESERVED <= i < self.vocab_size:
-                out.append(BASES[i - NUM_RESERVED])
-        return "".join(out)
+        return "".join(BASES[i - NUM_RESERVED] for i in content_ids(ids)
+                       if NUM_RESERVED <= i < self.vocab_size)
 
     def bottom(self, d_model: int) -> nn.Module:
         return TextEmbedding(self.vocab_size, d_model)

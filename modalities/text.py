@@ -27,7 +27,7 @@ from torch import nn
 from t2t.errors import UserError
 from t2t.files import write_atomic
 from t2t.modality import Modality
-from t2t.tokens import BOS, EOS, NUM_RESERVED, PAD, UNK
+from t2t.tokens import BOS, EOS, NUM_RESERVED, PAD, UNK, content_ids
 
 
 def _digest(data: bytes) -> str:
@@ -223,12 +223,7 @@ class TextModality(Modality):
     def decode(self, ids: Iterable[int] | torch.Tensor) -> str:
         """Ids -> text; stops at the first EOS, skips PAD and BOS."""
         self._require_vocab()
-        kept = []
-        for i in ids.tolist() if isinstance(ids, torch.Tensor) else ids:
-            if i == EOS:
-                break
-            if i not in (PAD, BOS):
-                kept.append(int(i))
+        kept = content_ids(ids)
         if self.vocab == "byte":
             return bytes(i - NUM_RESERVED for i in kept if i >= NUM_RESERVED).decode(
                 "utf-8", errors="replace"

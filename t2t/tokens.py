@@ -17,4 +17,18 @@ Import these names from here; nothing else defines them.
 PAD, EOS, BOS, UNK = 0, 1, 2, 3
 NUM_RESERVED = 4
 
-__all__ = ["BOS", "EOS", "NUM_RESERVED", "PAD", "UNK"]
+
+
+def content_ids(ids) -> list[int]:
+    """A decoded row's ids (a list or a tensor) up to its first EOS, PAD and BOS left out:
+    what a modality's `decode` turns back into a value."""
+    kept = []
+    for i in ids.tolist() if hasattr(ids, "tolist") else ids:
+        if i == EOS:
+            break
+        if i not in (PAD, BOS):
+            kept.append(int(i))
+    return kept
+
+
+__all__ = ["BOS", "EOS", "NUM_RESERVED", "PAD", "UNK", "content_ids"]
