@@ -207,7 +207,8 @@ class T2TLitModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._decoded = {}
-        self._likelihood = {}  # problem index -> [summed target-token NLL, target tokens]
+        self._likelihood = {}  # problem index -> [summed target-token NLL, target tokens],
+        # for the problems scored by a likelihood metric (perplexity)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int,
                         dataloader_idx: int = 0) -> None:
@@ -215,9 +216,10 @@ class T2TLitModule(L.LightningModule):
         problem = self.problems[batch["problem"]]
         self.log(f"val/{problem.name}/loss", loss, sync_dist=True,
                  batch_size=len(batch["targets"]), add_dataloader_idx=False)
-        if batch["weight"]:  # a filler batch (see `equalize`) repeats samples
+        scored_by_likelihood = any(m in LIKELIHOOD_METRICS for m in problem.metrics)
+        if scored_by_likelihood and batch["weight"]:  # a filler batch (`equalize`) repeats
             totals = self._likelihood.setdefault(batch["problem"], [0.0, 0])
-            totals[0] += float(loss) * tokens
+            totals[0] = totals[0] + loss.detach().double() * tokens  # no device sync here
             totals[1] += tokens
         if not prediction_metrics(problem.metrics):
             return
@@ -284,13 +286,11 @@ class T2TLitModule(L.LightningModule):
 
     def _all_ranks_likelihood(self) -> dict[int, tuple[float, int]]:
         """Each problem's summed NLL and token count over every rank's share of the split."""
-        totals = {i: t for i, t in self._likelihood.items()
-                  if any(m in LIKELIHOOD_METRICS for m in self.problems[i].metrics)}
         if self.trainer.world_size == 1:
-            return {i: (nll, n) for i, (nll, n) in totals.items()}
+            return {i: (float(nll), n) for i, (nll, n) in self._likelihood.items()}
         summed = torch.zeros(len(self.problems), 2, dtype=torch.float64, device=self.device)
-        for index, (nll, tokens) in totals.items():
-            summed[index] = torch.tensor([nll, tokens], dtype=torch.float64)
+        for index, (nll, tokens) in self._likelihood.items():
+            summed[index, 0], summed[index, 1] = nll, tokens
         torch.distributed.all_reduce(summed)
         return {i: (float(summed[i, 0]), int(summed[i, 1])) for i in range(len(self.problems))
                 if summed[i, 1] > 0}
