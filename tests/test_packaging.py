@@ -17,7 +17,8 @@ import pytest
 from .conftest import REPO
 
 PACKAGES = ("t2t", "problems", "modalities")
-COMMANDS = ("t2t-problems", "t2t-datagen", "t2t-train", "t2t-decode", "t2t-eval")
+COMMANDS = ("t2t-problems", "t2t-datagen", "t2t-train", "t2t-decode", "t2t-eval", "t2t-average",
+            "t2t-serve", "t2t-export")
 # Not part of the package: never copied to the build folder.
 _NOT_SOURCES = {".git", ".venv", "data", "outputs", "tests", "benchmarks"}
 
