@@ -5,6 +5,7 @@ that EOS ends, so the model need not know the width before it draws."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from modalities.image import _pil_image
 from modalities.text import TextEmbedding, TiedSoftmax
 from t2t.errors import UserError
 from t2t.modality import Modality
-from t2t.tokens import NUM_RESERVED, content_ids
+from t2t.tokens import EOS, NUM_RESERVED, content_ids
 
 
 class PixelModality(Modality):
@@ -34,6 +35,7 @@ class PixelModality(Modality):
                             f"{max_width}: use a height and width of 1 or more and 2 to 256 "
                             f"levels")
         self.height, self.levels, self.max_width = height, levels, max_width
+        self.longest_target = height * max_width
 
     @property
     def key(self) -> str:
@@ -82,6 +84,20 @@ class PixelModality(Modality):
         if value.shape[1] == 0:  # nothing drawn (EOS first): a file has one column at least
             value = np.zeros((self.height, 1), dtype=np.uint8)
         Image.fromarray(value).save(path)  # (H, W) uint8: grey
+
+    def output_constraint(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Pixels only, the end only after a whole column, and nothing after max_width columns
+        (t2t.modality.ConstrainsOutput): a model that may end anywhere ends a sampled picture
+        early by chance, the small end probabilities of hundreds of tokens adding up."""
+
+        def allowed(prefix: torch.Tensor) -> torch.Tensor:
+            rows, length = prefix.shape
+            mask = torch.zeros(rows, self.vocab_size, dtype=torch.bool, device=prefix.device)
+            mask[:, NUM_RESERVED:] = length < self.longest_target  # then max_width is full
+            mask[:, EOS] = length > 0 and length % self.height == 0
+            return mask
+
+        return allowed
 
     def bottom(self, d_model: int) -> nn.Module:
         return TextEmbedding(self.vocab_size, d_model)

@@ -12,6 +12,7 @@ import gzip
 import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from modalities import ImageModality, PixelModality, TextModality
 from t2t import Problem, register_problem
 from t2t.errors import UserError
 from t2t.files import download
+from t2t.metrics import cer
 from t2t.problem import resolve_raw_dir
 
 MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
@@ -135,21 +137,64 @@ def compose(digits: list[np.ndarray], rng: random.Random) -> np.ndarray:
 
 @register_problem("draw_digit_strings")
 class DrawDigitStrings(MnistDigitStrings):
-    """Draw a string of 1-3 handwritten digits: "4 0 7" -> a strip of MNIST digits."""
+    """Draw a string of 1-3 handwritten digits: "4 0 7" -> a strip of MNIST digits.
 
-    metrics = ()
+    `reader`: a checkpoint of a model that reads digit strings (`mnist_digit_strings`). With
+    it the problem is a t2t.problem.Verifier: a drawing is right when the reader reads the
+    digits asked for, and decode.best_of=N draws N and keeps the first it reads back."""
+
+    metrics = ("perplexity",)
     targets_in_input_order = False
+    checking_options = ("reader",)
 
     def __init__(self, *, raw_dir: str | None = None, min_digits: int = 1, max_digits: int = 3,
                  train_size: int = 50_000, eval_size: int = 1000, seed: int = 1,
-                 height: int = 16, levels: int = 8):
+                 height: int = 16, levels: int = 8, reader: str | None = None):
         super().__init__(raw_dir=raw_dir, min_digits=min_digits, max_digits=max_digits,
                          train_size=train_size, eval_size=eval_size, seed=seed)
         # `compose` makes strips 32 pixels high and at most 34 a digit + 8 wide.
         widest = -(-(34 * max_digits + 8) * height // 32)
         self.inputs = TextModality(vocab="char", alphabet="0123456789 ")
         self.targets = PixelModality(height=height, levels=levels, max_width=widest)
+        if reader is not None:
+            self.verify = ReadBack(reader)
 
     def generate_samples(self, split: str) -> Iterator[dict]:
         for sample in super().generate_samples(split):
             yield {"inputs": " ".join(sample["targets"]), "targets": sample["inputs"]}
+
+
+class ReadBack:
+    """A verifier that is a model: `checkpoint`'s digit-string reader reads a drawing
+    (greedy); the score is 1 less its character error rate against the digits asked for, so
+    1.0 exactly when it reads them all. The reader is loaded on the first drawing."""
+
+    def __init__(self, checkpoint: str):
+        if not Path(checkpoint).is_file():
+            raise UserError(f"problem.reader={checkpoint}: no such checkpoint; pass one of a "
+                            f"model that reads digit strings (t2t-train "
+                            f"problem=mnist_digit_strings: RUN/checkpoints/last.ckpt)")
+        self.checkpoint = checkpoint
+        self._reader: tuple[Any, Any, int] | None = None
+
+    def __call__(self, inputs: str, drawing: np.ndarray) -> float:
+        wanted = "".join(inputs.split())
+        (read,) = self.read([drawing])
+        return max(0.0, 1.0 - cer([read], [wanted]))
+
+    def read(self, drawings: list[np.ndarray]) -> list[str]:
+        """What the reader reads in each drawing ("" for one with nothing drawn)."""
+        from t2t.inference import decode_raw, load_checkpoint, select_problem
+
+        if self._reader is None:
+            model, problems = load_checkpoint(self.checkpoint)
+            index = select_problem(problems, "mnist_digit_strings", self.checkpoint)
+            self._reader = model, problems[index], index
+        model, problem, index = self._reader
+        drawn = [i for i, d in enumerate(drawings) if d.shape[1] > 0]
+        read = decode_raw(model, problem, index, [drawings[i] for i in drawn], beam_size=1,
+                          max_length=2 * problem.max_digits + 2) if drawn else []
+        texts = [""] * len(drawings)
+        for i, text in zip(drawn, read, strict=True):
+            texts[i] = text
+        return texts

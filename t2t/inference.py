@@ -71,8 +71,10 @@ def read_t2t_checkpoint(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
-def load_checkpoint(path: str | Path) -> tuple[T2TModel, list[Problem]]:
-    """The model (eval mode, CPU) and the problems it was trained on, with their vocabularies.
+def load_checkpoint(path: str | Path, checking: dict[str, dict[str, Any]] | None = None
+                    ) -> tuple[T2TModel, list[Problem]]:
+    """The model (eval mode, CPU) and the problems it was trained on, with their vocabularies;
+    `checking`: problem name -> its checking options (Problem.checking_options) for this use.
     The built-in problems and installed plugins are found here; a usr_dir problem needs
     `t2t.registry.discover(usr_dir)` first."""
     from t2t.registry import discover
@@ -83,15 +85,16 @@ def load_checkpoint(path: str | Path) -> tuple[T2TModel, list[Problem]]:
         raise UserError(f"checkpoint {path} not found; pass ckpt=RUN_DIR/checkpoints/last.ckpt")
     checkpoint = read_t2t_checkpoint(path)
     info = checkpoint["t2t"]
-    problems = [_rebuild_problem(spec) for spec in info["problems"]]
+    checking = checking or {}
+    problems = [_rebuild_problem(spec, checking.get(spec["name"], {})) for spec in info["problems"]]
     model = T2TModel(ModelConfig(**info["model"]), [(p.inputs, p.targets) for p in problems])
     state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
     model.load_state_dict(state)
     return model.eval(), problems
 
 
-def _rebuild_problem(spec: dict[str, Any]) -> Problem:
-    problem = registry.get(spec["name"])(**spec["options"])
+def _rebuild_problem(spec: dict[str, Any], checking: dict[str, Any]) -> Problem:
+    problem = registry.get(spec["name"])(**spec["options"], **checking)
     with tempfile.TemporaryDirectory() as tmp:
         for role, vocab in spec["vocab"].items():
             file = Path(tmp) / Path(vocab["file"]).name
@@ -289,9 +292,10 @@ def search(model: T2TModel | None, problem: Problem, index: int, loaded: torch.T
     seconds), unless the problem has no quick candidates: then the samples are all there is.
     A target may be as long as its input: max_length grows to its length + 1."""
     if not isinstance(problem, Verifier):
+        unset = "".join(f" without problem.{name}" for name in problem.checking_options)
         raise UserError(f"problem {problem.name} has no verifier (a verify(inputs, prediction) "
-                        f"method), so it cannot be decoded by search; use decode.best_of=0 "
-                        f"(beam search)")
+                        f"method){unset}, so it cannot be decoded by search; use "
+                        f"decode.best_of=0 (beam search)")
     hooks = search_hooks(problem)
     start = time.monotonic()
     deadline = start + time_budget_s if time_budget_s else math.inf
@@ -313,17 +317,18 @@ def search(model: T2TModel | None, problem: Problem, index: int, loaded: torch.T
         raise UserError(f"problem {problem.name}: a search without a model starts from the "
                         f"problem's quick_candidates, and it has none; pass a checkpoint "
                         f"(ckpt=...) or give the problem quick_candidates")
-    scored = dict(quick) if not sampling else _samples(
+    samples = [] if not sampling else _samples(
         model, problem, index, loaded, raw, best_of=best_of, temperature=temperature,
         max_length=max_length, seed=seed, stop=start + SAMPLING_SHARE * (deadline - start))
-    best = max(scored, key=scored.get)
-    if scored[best] >= 1.0:
+    best, value = max(samples or quick.items(), key=lambda scored: scored[1])
+    if value >= 1.0:
         return best
     # A sample is worth a walk only where the verifier ranks it above the quick candidates:
     # on the design benchmark, refining weaker samples failed where fresh heuristic starts
     # succeeded.
-    worth = {**quick, **{c: v for c, v in scored.items() if v > bar}}
-    starts = sorted(worth, key=worth.get, reverse=True)  # stable: a quick one wins a tie
+    worth = [*quick.items(), *((c, v) for c, v in samples if v > bar)]
+    # Stable: a quick one wins a tie.
+    starts = [c for c, _ in sorted(worth, key=lambda scored: scored[1], reverse=True)]
     if time.monotonic() >= deadline:  # no budget: no refinement, the best candidate as is
         return starts[0]
     # A new seed: the fresh starts of this refinement differ from those of step 1's.
@@ -332,10 +337,11 @@ def search(model: T2TModel | None, problem: Problem, index: int, loaded: torch.T
 
 def _samples(model: T2TModel, problem: Problem, index: int, loaded: torch.Tensor, raw: Any, *,
              best_of: int, temperature: float, max_length: int, seed: int,
-             stop: float) -> dict[Any, float]:
-    """{sampled candidate: its score}, in rounds until one verifies, `best_of` are drawn, or
-    the clock passes `stop` (time.monotonic()); the first round always runs."""
-    scored: dict[Any, float] = {}
+             stop: float) -> list[tuple[Any, float]]:
+    """(sampled candidate, its score) for each distinct sample (by its tokens: a candidate
+    may be a picture, which no dict can key), in rounds until one verifies, `best_of` are
+    drawn, or the clock passes `stop` (time.monotonic()); the first round always runs."""
+    scored: dict[tuple[int, ...], tuple[Any, float]] = {}
     rows = min(best_of, SAMPLES_PER_ROUND)
     max_length = max(max_length, len(loaded) + 1)
     device = next(model.parameters()).device
@@ -350,9 +356,9 @@ def _samples(model: T2TModel, problem: Problem, index: int, loaded: torch.Tensor
         ids = decoding.sample(decoder, state, rows, max_length, temperature=temperature,
                               generator=generator, allowed=allowed)
         for tokens in decoding.strip(ids):
-            candidate = problem.targets.decode(tokens)
-            if candidate not in scored:
-                scored[candidate] = float(problem.verify(raw, candidate))
-        if max(scored.values()) >= 1.0:
+            if tuple(tokens) not in scored:
+                candidate = problem.targets.decode(tokens)
+                scored[tuple(tokens)] = candidate, float(problem.verify(raw, candidate))
+        if max(value for _, value in scored.values()) >= 1.0:
             break
-    return scored
+    return list(scored.values())

@@ -40,6 +40,9 @@ class Modality:
     # Whether a value of length 0 is a sample like any other (a problem without inputs);
     # otherwise datagen drops and counts it as empty.
     may_be_empty: ClassVar[bool] = False
+    # The most tokens a target of this modality has, where the modality bounds it (a picture:
+    # height x max_width): decoding then stops there by default (decode.max_length=null).
+    longest_target: int | None = None
 
     @property
     def key(self) -> str:
@@ -118,6 +121,18 @@ class SavesPredictions(Protocol):
 
     def save(self, value: Any, path: Path) -> None:
         """Write a decoded prediction to `path`."""
+        ...
+
+
+@runtime_checkable
+class ConstrainsOutput(Protocol):
+    """A target modality whose outputs have a shape of their own (a picture ends only after a
+    whole column): every decoding of it keeps to `output_constraint`, as to a problem's
+    t2t.problem.ConstrainedDecoding."""
+
+    def output_constraint(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """`allowed(prefix) -> mask`: for (N, step) tokens so far, the (N, vocab_size) bool
+        mask of the tokens that may come next (see t2t.decoding)."""
         ...
 
 

@@ -11,8 +11,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
+from t2t.decoding import both
 from t2t.errors import UserError, unknown_name
-from t2t.modality import Modality
+from t2t.modality import ConstrainsOutput, Modality
 
 if TYPE_CHECKING:
     from t2t.decoding import Allowed
@@ -44,11 +45,17 @@ class Problem:
     # True where the targets follow the order of the inputs (reading a line, transcribing
     # speech): training then adds a CTC loss on the encoder, `optim.ctc_weight` of the loss.
     targets_in_input_order: ClassVar[bool] = False
+    # Options that choose how predictions are checked (the model a Verifier asks), not the
+    # data or the model: they stay out of the shards' fingerprint and the checkpoint, and
+    # t2t-decode and t2t-eval take them from their command line.
+    checking_options: ClassVar[tuple[str, ...]] = ()
 
     def __new__(cls, *args: Any, **options: Any) -> Problem:
         # Done here rather than in __init__ so that subclasses need not call super().__init__.
         self = super().__new__(cls)
-        self.options = cls._check_options(args, options)
+        values = cls._check_options(args, options)
+        self.options = {k: v for k, v in values.items() if k not in cls.checking_options}
+        self.checking = {k: v for k, v in values.items() if k in cls.checking_options}
         # Each instance gets its own modalities: fitting a vocabulary must not leak into
         # other instances. One memo keeps `inputs is targets` (a joint vocabulary) intact.
         memo: dict[int, Any] = {}
@@ -205,10 +212,13 @@ def search_hooks(problem: Any) -> GuidedSearch:
 
 
 def constraint_for(problem: Any, inputs: Any, inputs_pad: Any) -> Allowed | None:
-    """The problem's decoding constraint for a collated batch, or None without one."""
-    if isinstance(problem, ConstrainedDecoding):
-        return problem.decoding_constraint(inputs, inputs_pad)
-    return None
+    """The decoding constraint for a collated batch: the problem's (ConstrainedDecoding) and
+    its target modality's (t2t.modality.ConstrainsOutput) together, or None without either."""
+    own = (problem.decoding_constraint(inputs, inputs_pad)
+           if isinstance(problem, ConstrainedDecoding) else None)
+    targets = getattr(problem, "targets", None)
+    shape = targets.output_constraint() if isinstance(targets, ConstrainsOutput) else None
+    return both(own, shape)
 
 
 def prediction_line(problem: Any, inputs: Any, prediction: Any) -> str:

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from modalities import PixelModality
+from modalities import PixelModality, TextModality
 from t2t.errors import UserError
+from t2t.problem import Problem, Verifier
 from t2t.tokens import EOS, NUM_RESERVED, PAD
 
 
@@ -109,3 +110,112 @@ def test_draw_digit_strings_trains_and_t2t_decode_writes_the_drawings(tmp_path):
                      f"output_file={tmp_path / 'drawn' / 'x.png'}")
     assert sampled == [str(tmp_path / "drawn" / f"x-{i}.png") for i in range(2)]
     assert all(Path(path).is_file() for path in sampled)
+
+    # One model checks another: a reader of digit strings verifies the drawings (best of 2).
+    # The reader is how predictions are checked, not part of the data or the model: it is
+    # given at decode time and the checkpoint does not keep it.
+    reader_run = tmp_path / "reader"
+    read = run_command("t2t-train", "problem=mnist_digit_strings", *problem[1:], "model=tiny",
+                       "trainer.max_steps=2", "trainer.enable_progress_bar=false",
+                       "data.num_workers=0", "trainer.val_check_interval=2", "eval.examples=0",
+                       f"data_dir={tmp_path / 'data'}", f"run_dir={reader_run}",
+                       cwd=tmp_path, timeout=600)
+    assert read.returncode == 0, read.stderr[-3000:]
+    reader = reader_run / "checkpoints" / "last.ckpt"
+    checked = decode("input=3 1", f"problem.reader={reader}", "decode.best_of=2",
+                     f"output_file={tmp_path / 'checked.png'}")
+    assert checked == [str(tmp_path / "checked.png")]
+    with Image.open(tmp_path / "checked.png") as drawing:
+        assert drawing.height == 16
+    from t2t.inference import load_checkpoint
+
+    _, (saved,) = load_checkpoint(ckpt)
+    assert "reader" not in saved.options and not isinstance(saved, Verifier)
+    _, (checking,) = load_checkpoint(ckpt, {"draw_digit_strings": {"reader": str(reader)}})
+    assert isinstance(checking, Verifier) and checking.options == saved.options
+    assert checking.verify("4 0 7", np.zeros((16, 0), dtype=np.uint8)) == 0.0  # nothing drawn
+    # Bad readers: one line each, before any drawing.
+    for options, message in [
+        ([f"problem.reader={tmp_path / 'none.ckpt'}"],
+         f"problem.reader={tmp_path / 'none.ckpt'}: no such checkpoint; pass one of a model "
+         f"that reads digit strings"),
+        (["decode.best_of=2"], "problem draw_digit_strings has no verifier (a verify(inputs, "
+                               "prediction) method) without problem.reader, so it cannot be "
+                               "decoded by search; use decode.best_of=0"),
+    ]:
+        result = run_command("t2t-decode", "problem=draw_digit_strings", f"ckpt={ckpt}",
+                             "input=5", *options, cwd=tmp_path)
+        assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+        assert result.stderr.startswith(f"error: {message}"), result.stderr
+    # Without decode.max_length a drawing may be as wide as the problem's widest strip.
+    result = run_command("t2t-decode", "problem=draw_digit_strings", f"ckpt={ckpt}",
+                         "input=5", f"output_file={tmp_path / 'whole.png'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with Image.open(tmp_path / "whole.png") as drawing:
+        assert drawing.height == 16 and drawing.width <= saved.targets.max_width == 55
+
+
+
+class FirstPixelWhite(Problem):
+    """Draw anything; a picture is right when its top-left pixel is white."""
+
+    inputs = TextModality(vocab="char", alphabet="ab")
+    targets = PixelModality(height=2, levels=2, max_width=3)
+
+    def generate_samples(self, split: str):
+        yield from ()
+
+    def verify(self, inputs: str, picture: np.ndarray) -> float:
+        return float(picture.shape[1] > 0 and picture[0, 0] == 255)
+
+
+def test_best_of_n_keeps_a_picture_the_verifier_accepts():
+    from t2t.inference import search
+    from t2t.model import PRESETS, T2TModel
+
+    problem = FirstPixelWhite()
+    torch.manual_seed(0)
+    model = T2TModel(PRESETS["tiny"], [(problem.inputs, problem.targets)]).eval()
+    seen: list[np.ndarray] = []
+    check = problem.verify
+    problem.verify = lambda inputs, picture: seen.append(picture) or check(inputs, picture)
+    loaded = problem.inputs.load(problem.inputs.encode("ab"))
+    kept = search(model, problem, 0, loaded, best_of=16, max_length=7, seed=0)
+    # Pictures are arrays, which no dict can key: candidates are told apart by their tokens.
+    accepted = [picture for picture in seen if check("ab", picture) == 1.0]
+    assert len(seen) > 1 and accepted, "no sample verified: choose another seed"
+    assert isinstance(kept, np.ndarray) and kept is accepted[0]
+
+
+def test_every_decoding_draws_whole_columns_of_pixels():
+    """An untrained model ends anywhere and may emit any token; a picture ends only after a
+    whole column and holds only pixels, in sampling, greedy and beam search alike."""
+    from t2t import decoding
+    from t2t.model import PRESETS, T2TModel
+    from t2t.problem import constraint_for
+
+    problem = FirstPixelWhite()
+    problem.targets = PixelModality(height=3, levels=2, max_width=4)
+    torch.manual_seed(0)
+    model = T2TModel(PRESETS["tiny"], [(problem.inputs, problem.targets)]).eval()
+    inputs, pad = problem.inputs.collate([problem.inputs.load(problem.inputs.encode("ab"))] * 64)
+    allowed = constraint_for(problem, inputs, pad)
+    decoder = model.decoder(0)
+    longest = problem.targets.longest_target + 1
+    with torch.no_grad():
+        sampled = decoding.sample(decoder, decoder.start(inputs, pad, longest), 64, longest,
+                                  temperature=2.0, allowed=allowed,
+                                  generator=torch.Generator().manual_seed(0))
+        greedy = decoding.greedy(decoder, decoder.start(inputs[:1], pad[:1], longest), 1,
+                                 longest, allowed=allowed)
+        beams, _ = decoding.beam_search(decoder, decoder.start(inputs[:1], pad[:1], longest),
+                                        batch_size=1, beam_size=4, max_length=longest,
+                                        allowed=allowed)
+    rows = decoding.strip(sampled) + decoding.strip(greedy) + decoding.strip(beams)
+    lengths = set()
+    for row in rows:
+        pixels = row[:-1] if row and row[-1] == EOS else row
+        assert all(t >= NUM_RESERVED for t in pixels), row
+        assert len(pixels) % 3 == 0 and 0 < len(pixels) <= 12, row
+        lengths.add(len(pixels))
+    assert len(lengths) > 1  # the samples still end at different columns

@@ -112,11 +112,20 @@ def load_readable(chunk: list[Any], modality: Any, skip: bool
     return readable, loaded
 
 
-def decode_settings(decode: Any) -> dict[str, Any]:
-    """The decode.* options that choose and tune the decoding algorithm."""
+DEFAULT_MAX_LENGTH = 256  # decode.max_length=null, for targets of no bounded size
+
+
+def decode_settings(decode: Any, problem: Any) -> dict[str, Any]:
+    """The decode.* options that choose and tune the decoding algorithm for `problem`;
+    max_length null: the size of the problem's largest target where its modality bounds it
+    (a picture), else DEFAULT_MAX_LENGTH."""
     keys = ("beam_size", "length_penalty", "max_length", "min_length", "best_of",
             "temperature", "time_budget_s", "seed", "sample", "top_k", "top_p")
-    return {key: decode[key] for key in keys}
+    settings = {key: decode[key] for key in keys}
+    if settings["max_length"] is None:
+        longest = problem.targets.longest_target
+        settings["max_length"] = longest + 1 if longest else DEFAULT_MAX_LENGTH  # + EOS
+    return settings
 
 
 # What decode_n_loaded takes (decode.num_samples > 1: no search, one output per line).
@@ -130,7 +139,7 @@ def decode_predictions(model: Any, problem: Any, index: int, loaded: list[Any],
     `prompts`: the start of each output, given."""
     from t2t.inference import decode_loaded, decode_n_loaded
 
-    settings = decode_settings(decode)
+    settings = decode_settings(decode, problem)
     if decode.num_samples == 1:
         return [[p] for p in decode_loaded(model, problem, index, loaded, prompts=prompts,
                                            **settings)]
@@ -158,9 +167,9 @@ def decode(config: Any) -> None:
     from t2t.problem import prediction_line
 
     device = resolve_device(config.device)
-    model, problems = load_checkpoint(config.ckpt)
-    model.to(device)
     requested = build_problem(config.problem)
+    model, problems = load_checkpoint(config.ckpt, {requested.name: requested.checking})
+    model.to(device)
     index = select_problem(problems, requested.name, config.ckpt, requested)
     problem = problems[index] if problems[index].name == requested.name else requested
     trained = problems[index]  # it decodes: its search hooks know what the model learned

@@ -18,11 +18,12 @@ def evaluate(config: Any) -> None:
         raise UserError(f"decode.num_samples={config.decode.num_samples}: t2t-eval scores one "
                         f"prediction per input; use t2t-decode for several")
     device = resolve_device(config.device)
-    model, problems = load_checkpoint(config.ckpt)
+    shards_problem = build_problem(config.problem)
+    model, problems = load_checkpoint(config.ckpt, {shards_problem.name: shards_problem.checking})
     model.to(device)
-    index, problem, shards_problem = chosen_problem(config, problems)
+    index, problem = chosen_problem(config, problems, shards_problem)
     samples = split_samples(config, shards_problem, problems[index])
-    settings = decode_settings(config.decode)
+    settings = decode_settings(config.decode, problems[index])
     start = time.perf_counter()
     scores = likelihood_scores(model, problem, index, samples, config.decode.batch_size)
     predictions = []
@@ -70,16 +71,15 @@ def likelihood_scores(model: Any, problem: Any, index: int, samples: list[dict[s
     return {name: LIKELIHOOD_METRICS[name](nll / max(tokens, 1)) for name in names}
 
 
-def chosen_problem(config: Any, problems: list[Any]) -> tuple[int, Any, Any]:
-    """The checkpoint's problem index; the problem that scores (the trained one, or a
-    benchmark problem it stands in for: see select_problem); the problem whose split is read,
-    made from the command line's options."""
+def chosen_problem(config: Any, problems: list[Any], shards_problem: Any) -> tuple[int, Any]:
+    """The checkpoint's problem index, and the problem that scores: the trained one, or a
+    benchmark problem it stands in for (see select_problem). `shards_problem`: the problem
+    whose split is read, made from the command line's options."""
     from t2t.inference import select_problem
 
-    shards_problem = build_problem(config.problem)
     index = select_problem(problems, shards_problem.name, config.ckpt, shards_problem)
     problem = problems[index] if problems[index].name == shards_problem.name else shards_problem
-    return index, problem, shards_problem
+    return index, problem
 
 
 def split_samples(config: Any, shards_problem: Any, trained: Any) -> list[dict[str, Any]]:
