@@ -11,10 +11,13 @@ the model, hiding the difference this measures.
 
     python benchmarks/joint_vs_single.py --mixture quickstart --seeds 1 2 3
     python benchmarks/joint_vs_single.py --mixture real --steps 4000 --seeds 1 2 3
+    python benchmarks/joint_vs_single.py --mixture read_and_draw --steps 1200 --seeds 1 2
 
 quickstart: the README's main job (experiment=quickstart), its own steps unless --steps.
 real: experiment=anything_to_anything (Multi30k, MNIST digit strings, FSDD, RNA design),
 from the local copies in ../shared/datasets (T2T_DATASETS elsewhere).
+read_and_draw: experiment=read_and_draw (reading MNIST digit strings, image -> text, and
+drawing them, text -> image), from the local MNIST copy.
 
 Resumable: each score is appended to <run-root>/scores.jsonl as it is measured and skipped
 when rerun; unfinished training runs resume at their last checkpoint. The table (mean ± sd
@@ -34,7 +37,8 @@ from pathlib import Path
 import yaml
 from budget import SHARED, appended, evaluate, run, script
 
-EXPERIMENTS = {"quickstart": "quickstart", "real": "anything_to_anything"}
+EXPERIMENTS = {"quickstart": "quickstart", "real": "anything_to_anything",
+               "read_and_draw": "read_and_draw"}
 MODEL_ONLY = ("decode.best_of=0",)  # and beam 1: greedy
 
 
@@ -52,6 +56,7 @@ def mixture_members(config: dict) -> list[dict]:
         if "raw_dir" in member and member["raw_dir"] is None:
             local = SHARED / {"translate_deen_multi30k": "multi30k",
                               "mnist_digit_strings": "mnist",
+                              "draw_digit_strings": "mnist",
                               "spoken_digits_fsdd": "fsdd"}.get(member["name"], "-")
             member["raw_dir"] = str(local) if local.is_dir() else None
     return members
