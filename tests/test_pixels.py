@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +135,18 @@ def test_draw_digit_strings_trains_and_t2t_decode_writes_the_drawings(tmp_path):
     _, (checking,) = load_checkpoint(ckpt, {"draw_digit_strings": {"reader": str(reader)}})
     assert isinstance(checking, Verifier) and checking.options == saved.options
     assert checking.verify("4 0 7", np.zeros((16, 0), dtype=np.uint8)) == 0.0  # nothing drawn
+    # Scored by perplexity, teacher-forced; with a reader, t2t-eval also draws each test
+    # string and counts the drawings the reader reads back.
+    evaluated = run_command("t2t-eval", *problem, f"ckpt={ckpt}", f"data_dir={tmp_path / 'data'}",
+                            cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert re.search(r"perplexity\W+\d+\.\d+", evaluated.stdout), evaluated.stdout
+    assert "teacher-forced" in evaluated.stdout and "verified" not in evaluated.stdout
+    evaluated = run_command("t2t-eval", *problem, f"ckpt={ckpt}", f"data_dir={tmp_path / 'data'}",
+                            f"problem.reader={reader}", "decode.best_of=2", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert re.search(r"perplexity\W+\d+\.\d+", evaluated.stdout), evaluated.stdout
+    assert re.search(r"verified \d/8;", evaluated.stdout), evaluated.stdout
     # Bad readers: one line each, before any drawing.
     for options, message in [
         ([f"problem.reader={tmp_path / 'none.ckpt'}"],

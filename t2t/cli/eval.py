@@ -8,6 +8,7 @@ from typing import Any
 from t2t.cli.common import build_problem, run_hydra
 from t2t.errors import UserError
 from t2t.metrics import LIKELIHOOD_METRICS, get_metric, prediction_metrics
+from t2t.problem import Verifier
 
 
 def evaluate(config: Any) -> None:
@@ -27,7 +28,7 @@ def evaluate(config: Any) -> None:
     start = time.perf_counter()
     scores = likelihood_scores(model, problem, index, samples, config.decode.batch_size)
     predictions = []
-    if prediction_metrics(problem.metrics) or config.output_file:
+    if prediction_metrics(problem.metrics) or config.output_file or isinstance(problem, Verifier):
         # The trained problem decodes: its search hooks know what the model learned.
         predictions = decode_in_length_order(model, problems[index], index, samples,
                                              config.decode.batch_size, settings)
@@ -124,7 +125,6 @@ def report(problem: Any, split: str, samples: list[dict[str, Any]], predictions:
 
     from t2t.cli.report import console
     from t2t.inference import default_best_of
-    from t2t.problem import Verifier
 
     best_of = default_best_of(problem, settings["best_of"])
     how = (f"search: best of {best_of}, {settings['time_budget_s']} s each" if best_of
