@@ -216,8 +216,8 @@ def constraint_for(problem: Any, inputs: Any, inputs_pad: Any) -> Allowed | None
     its target modality's (t2t.modality.ConstrainsOutput) together, or None without either."""
     own = (problem.decoding_constraint(inputs, inputs_pad)
            if isinstance(problem, ConstrainedDecoding) else None)
-    targets = getattr(problem, "targets", None)
-    shape = targets.output_constraint() if isinstance(targets, ConstrainsOutput) else None
+    shape = (problem.targets.output_constraint()
+             if isinstance(problem.targets, ConstrainsOutput) else None)
     return both(own, shape)
 
 
