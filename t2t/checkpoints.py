@@ -84,7 +84,16 @@ def resumable_checkpoint(directory: Path, expected: dict[str, Any],
 
 # What a resumed run may not change (dropout, say, it may).
 ARCHITECTURE = ("d_model", "num_heads", "num_encoder_layers", "num_decoder_layers", "d_ff",
-                "max_positions", "activation", "bottoms")
+                "max_positions", "activation", "bottoms", "recurrence")
+
+
+def saved_setting(model: dict[str, Any], key: str) -> Any:
+    """A model setting of a checkpoint; its default where the checkpoint predates it."""
+    from t2t.model import ModelConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)
+                if f.default is not dataclasses.MISSING}
+    return model.get(key, defaults.get(key))
 
 
 def _check_same_run(path: Path, saved: dict[str, Any], expected: dict[str, Any]) -> None:
@@ -95,8 +104,9 @@ def _check_same_run(path: Path, saved: dict[str, Any], expected: dict[str, Any])
     if names != wanted:
         raise UserError(f"{path} was trained on {', '.join(names)}, not "
                         f"{', '.join(wanted)}; pass another run_dir for this run")
-    differ = [f"{key} {saved['model'].get(key)} vs {expected['model'][key]}"
-              for key in ARCHITECTURE if saved["model"].get(key) != expected["model"][key]]
+    differ = [f"{key} {saved_setting(saved['model'], key)} vs {expected['model'][key]}"
+              for key in ARCHITECTURE
+              if saved_setting(saved["model"], key) != expected["model"][key]]
     if differ:
         raise UserError(f"{path} holds another model ({'; '.join(differ)} now); resume with "
                         f"the same model settings, or pass another run_dir")
@@ -155,8 +165,9 @@ def warm_start(model: torch.nn.Module, problem_names: list[str], path: str | Pat
     checkpoint = read_t2t_checkpoint(path)
     info = checkpoint["t2t"]
     expected = dataclasses.asdict(model.body.config)
-    differ = [f"{key} {info['model'].get(key)} vs {expected[key]}" for key in ARCHITECTURE
-              if key != "bottoms" and info["model"].get(key) != expected[key]]
+    differ = [f"{key} {saved_setting(info['model'], key)} vs {expected[key]}"
+              for key in ARCHITECTURE
+              if key != "bottoms" and saved_setting(info["model"], key) != expected[key]]
     if differ:
         raise UserError(f"init_from={path} holds another model ({'; '.join(differ)} now); "
                         f"fine-tune with its model settings (model=... and model.* as trained)")

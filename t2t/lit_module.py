@@ -53,6 +53,13 @@ def checked_ctc_weight(value: Any) -> float:
     return float(value)
 
 
+def checked_ponder_weight(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise UserError(f"optim.ponder_weight={value!r}: use a number from 0 up (e.g. 0.01), "
+                        f"the loss per step of depth a position takes under model.recurrence=act")
+    return float(value)
+
+
 @dataclasses.dataclass
 class StoredInput:
     """An example's input as stored in its shard: the bytes of a file with this extension."""
@@ -77,6 +84,7 @@ class T2TLitModule(L.LightningModule):
         max_steps: int = 100_000,
         label_smoothing: float = 0.1,
         ctc_weight: float = 0.5,
+        ponder_weight: float = 0.01,
         val_decode_batches: int = 4,
         record_samples: str | None = None,
         beam_size: int = 1,
@@ -98,6 +106,7 @@ class T2TLitModule(L.LightningModule):
         # Problems whose targets follow their inputs' order mix in an encoder CTC loss.
         ctc_weight = checked_ctc_weight(ctc_weight)
         self.ctc_weights = [ctc_weight if p.targets_in_input_order else 0.0 for p in problems]
+        self.ponder_weight = checked_ponder_weight(ponder_weight)
         self.val_decode_batches, self.beam_size = val_decode_batches, beam_size
         self.max_decode_length = max_decode_length
         # Problems with a verifier (t2t.problem.Verifier) may be validated by their search.
@@ -118,8 +127,11 @@ class T2TLitModule(L.LightningModule):
         on the encoder's positions when given: for problems whose targets read in the
         order of the inputs (OCR, speech), CTC teaches the encoder where each symbol is,
         which the attention decoder otherwise needs many more steps to discover
-        (hybrid CTC/attention, Kim, Hori and Watanabe 2017)."""
+        (hybrid CTC/attention, Kim, Hori and Watanabe 2017). A model with adaptive depth
+        (model.recurrence=act) adds its ponder cost, `ponder_weight` per step a position
+        takes, so that depth is spent where it lowers the loss more than that."""
         problem, packing = batch["problem"], batch.get("packing")
+        self.model.body.ponder.clear()
         # Packed rows (t2t.datamodule.packed_rows) come with their labels: (B, T).
         labels = (batch["labels"] if packing else add_eos(batch["targets"])).flatten()
         # The decoder's feed-forward blocks and the softmax run only where there is a label.
@@ -142,7 +154,15 @@ class T2TLitModule(L.LightningModule):
                              (~inputs_pad).sum(dim=1), (batch["targets"] != PAD).sum(dim=1),
                              blank=PAD, zero_infinity=True)  # inputs too short to align: 0
             loss = (1.0 - ctc_weight) * loss + ctc_weight * ctc
+        for ponder in self.model.body.ponder.values():
+            loss = loss + self.ponder_weight * ponder.cost
         return loss, active.numel()
+
+    def _log_ponder(self, prefix: str, batch_size: int, **options: Any) -> None:
+        """Mean steps of depth per position of the last pass, encoder and decoder."""
+        for side, ponder in self.model.body.ponder.items():
+            self.log(f"{prefix}ponder_steps_{side}", ponder.mean_steps, batch_size=batch_size,
+                     **options)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         loss, tokens = self.loss(batch, self.label_smoothing, self.ctc_weights[batch["problem"]])
@@ -162,6 +182,7 @@ class T2TLitModule(L.LightningModule):
         self.log_dict({"train/loss": loss, "train/padding": padding,
                        "train/lr": self.optimizers().param_groups[0]["lr"]},
                       prog_bar=True, batch_size=len(batch["targets"]))
+        self._log_ponder("train/", len(batch["targets"]))
         return loss
 
     def _nonfinite(self, loss: torch.Tensor, batch: dict[str, Any]) -> None:
@@ -216,6 +237,8 @@ class T2TLitModule(L.LightningModule):
         problem = self.problems[batch["problem"]]
         self.log(f"val/{problem.name}/loss", loss, sync_dist=True,
                  batch_size=len(batch["targets"]), add_dataloader_idx=False)
+        self._log_ponder(f"val/{problem.name}/", len(batch["targets"]), sync_dist=True,
+                         add_dataloader_idx=False)
         scored_by_likelihood = any(m in LIKELIHOOD_METRICS for m in problem.metrics)
         if scored_by_likelihood and batch["weight"]:  # a filler batch (`equalize`) repeats
             totals = self._likelihood.setdefault(batch["problem"], [0.0, 0])

@@ -17,6 +17,7 @@ pipeline), masks handed to SDPA are True where attention is allowed (like SDPA).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,7 @@ from torch import Tensor, nn
 from t2t.modality import call_with_settings
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
+RECURRENCES = ("none", "shared", "act")
 
 
 @dataclass
@@ -41,6 +43,12 @@ class ModelConfig:
     max_positions: int = 4096  # longest sequence the position table covers (incl. extra token)
     norm_eps: float = 1e-6  # LayerNorm epsilon (tensor2tensor used 1e-6)
     activation: str = "gelu"  # feed-forward nonlinearity: "gelu" or "relu"
+    # How depth is spent. "none": num_*_layers distinct layers. "shared": one layer per side,
+    # applied num_*_layers times with a step signal (a Universal Transformer, Dehghani et al.
+    # 2018). "act": that shared layer applied up to num_*_layers times, each position
+    # halting on its own by adaptive computation time (Graves 2016).
+    recurrence: str = "none"
+    halt_threshold: float = 0.99  # act: a position halts once its halting probabilities pass it
     # Modality kind -> keyword arguments of its bottoms (an image stem, say): see each
     # modality's `bottom`.
     bottoms: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -56,6 +64,12 @@ class ModelConfig:
             raise ValueError(
                 f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}"
             )
+        if self.recurrence not in RECURRENCES:
+            raise ValueError(f"recurrence={self.recurrence!r}: use one of "
+                             f"{', '.join(RECURRENCES)}")
+        if not 0 < self.halt_threshold <= 1:
+            raise ValueError(f"halt_threshold={self.halt_threshold}: use a number above 0, "
+                             f"at most 1")
 
 
 PRESETS: dict[str, ModelConfig] = {
@@ -123,14 +137,18 @@ class SelfAttention(nn.Module):
         H = self.num_heads
         return split_heads(q, H), split_heads(k, H), split_heads(v, H)  # (B, H, T, Dh) each
 
+    def store(self, x: Tensor, k_cache: Tensor, v_cache: Tensor, start: int
+              ) -> tuple[Tensor, Tensor, Tensor]:
+        # Project x (B, T, C) and write its K/V at positions start..start+T-1 of the cache.
+        q, k, v = self.project(x)  # (B, H, T, Dh) each
+        k_cache[:, :, start:start + x.size(1)] = k
+        v_cache[:, :, start:start + x.size(1)] = v
+        return q, k, v
+
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False,
                 cache: tuple[Tensor, Tensor] | None = None) -> Tensor:
         # x (B, T, C). With a cache, the new K/V are written at the start of it (prefill).
-        q, k, v = self.project(x)  # (B, H, T, Dh) each
-        if cache is not None:
-            T = x.size(1)
-            cache[0][:, :, :T] = k
-            cache[1][:, :, :T] = v
+        q, k, v = self.project(x) if cache is None else self.store(x, *cache, 0)
         p = self.attention_dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p,
                                            is_causal=is_causal)
@@ -139,9 +157,7 @@ class SelfAttention(nn.Module):
     def step(self, x: Tensor, k_cache: Tensor, v_cache: Tensor, pos: int) -> Tensor:
         # x (B, 1, C) at position `pos`: store its K/V, attend over positions 0..pos.
         # No mask needed: everything already in the cache is in the past.
-        q, k, v = self.project(x)  # (B, H, 1, Dh) each
-        k_cache[:, :, pos] = k[:, :, 0]
-        v_cache[:, :, pos] = v[:, :, 0]
+        q, _, _ = self.store(x, k_cache, v_cache, pos)  # (B, H, 1, Dh)
         y = F.scaled_dot_product_attention(q, k_cache[:, :, : pos + 1], v_cache[:, :, : pos + 1])
         return self.out(merge_heads(y))  # (B, 1, C)
 
@@ -182,6 +198,12 @@ class FeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.down(self.activation(self.up(x)))
+
+
+def positions_at(active: Tensor, x: Tensor) -> Tensor:
+    """(B, T) bool, True at `active` (flat indices into x's B * T positions)."""
+    flat = torch.zeros(x.size(0) * x.size(1), dtype=torch.bool, device=x.device)
+    return flat.index_fill(0, active, True).view(x.shape[:2])
 
 
 def add_at_active(x: Tensor, f, active: Tensor | None) -> Tensor:
@@ -245,7 +267,8 @@ class DecoderLayer(nn.Module):
 
 @dataclass
 class KVCache:
-    """Decoder state for incremental decoding, one entry per decoder layer.
+    """Decoder state for incremental decoding: self-attention K/V for each step of depth (each
+    decoder layer, or each application of a shared one), cross-attention K/V for each layer.
 
     Self-attention K/V are preallocated to `max_length` and filled one position per
     `decode_step`. A reorder copies only the filled positions, into the buffers the previous
@@ -257,14 +280,14 @@ class KVCache:
     reorders beams only within their sentence, so the memory side is never copied.
     """
 
-    self_k: list[Tensor]  # per layer (N, H, max_length, Dh)
-    self_v: list[Tensor]  # per layer (N, H, max_length, Dh)
+    self_k: list[Tensor]  # per step of depth (N, H, max_length, Dh)
+    self_v: list[Tensor]  # per step of depth (N, H, max_length, Dh)
     cross_k: list[Tensor]  # per layer (M, H, S+1, Dh)
     cross_v: list[Tensor]  # per layer (M, H, S+1, Dh)
     memory_mask: Tensor  # (M, 1, 1, S+1) bool, True = may attend
     length: int = 0  # decoder positions already in the cache
     group: int = 1  # decoder rows per memory row: N = M * group
-    # Per layer, the buffer the next reorder writes into (the one the last reorder left).
+    # Per step, the buffer the next reorder writes into (the one the last reorder left).
     spare_k: list[Tensor | None] = field(init=False)
     spare_v: list[Tensor | None] = field(init=False)
 
@@ -304,8 +327,34 @@ class KVCache:
         self.group = group
 
 
+@dataclass
+class Ponder:
+    """What adaptive computation spent in one pass of the encoder or the decoder."""
+
+    steps: Tensor  # (B, T) float: layer applications per position; 0 at padding
+    real: Tensor  # (B, T) bool: the positions that count (not padding)
+    # Graves' ponder cost, mean over the real positions of steps + remainder: the remainder
+    # (1 - the halting probabilities before the last step) carries the gradient that teaches
+    # to halt sooner.
+    cost: Tensor  # () float
+
+    @property
+    def mean_steps(self) -> Tensor:
+        return self.steps.sum() / self.real.sum().clamp(min=1)
+
+
 class Transformer(nn.Module):
-    """Encoder-decoder body shared by all problems; see the module docstring for shapes."""
+    """Encoder-decoder body shared by all problems; see the module docstring for shapes.
+
+    With `config.recurrence` "shared" or "act", each side has one layer that is applied
+    num_*_layers times (at most, for act), with the position signal and a step signal added
+    before each application, as in the Universal Transformer. Step i of depth always uses
+    self-attention cache slot i, so cached decoding and beam search work for every kind of
+    depth. Under act each position halts on its own: from then on its state is frozen (later
+    steps read it, as keys and values, but never change it), and its output is the sum of
+    its states weighted by its halting probabilities. `ponder` holds what the last pass of
+    each side spent.
+    """
 
     def __init__(self, config: ModelConfig, num_problems: int = 1):
         super().__init__()
@@ -313,19 +362,38 @@ class Transformer(nn.Module):
         c = config
         self.problem_embedding = nn.Embedding(num_problems, c.d_model)  # prepended to the source
         self.bos = nn.Embedding(num_problems, c.d_model)  # first decoder input, per problem
-        self.encoder = nn.ModuleList(EncoderLayer(c) for _ in range(c.num_encoder_layers))
+        shared = c.recurrence != "none"
+        self.encoder = nn.ModuleList(
+            EncoderLayer(c) for _ in range(1 if shared else c.num_encoder_layers))
         self.encoder_norm = nn.LayerNorm(c.d_model, eps=c.norm_eps)
-        self.decoder = nn.ModuleList(DecoderLayer(c) for _ in range(c.num_decoder_layers))
+        self.decoder = nn.ModuleList(
+            DecoderLayer(c) for _ in range(1 if shared else c.num_decoder_layers))
         self.decoder_norm = nn.LayerNorm(c.d_model, eps=c.norm_eps)
         self.drop = Dropout(c.dropout)
         # Not persistent: it is a pure function of the config, no need to save it.
         self.register_buffer("positions", timing_signal(c.max_positions, c.d_model),
                              persistent=False)
+        if shared:
+            steps = max(c.num_encoder_layers, c.num_decoder_layers)
+            self.register_buffer("step_signal", timing_signal(steps, c.d_model),
+                                 persistent=False)
+        if c.recurrence == "act":  # the halting units: one probability per position and step
+            # They read the normalised state: the residual stream grows from step to step.
+            self.encoder_halting = nn.Sequential(nn.LayerNorm(c.d_model, eps=c.norm_eps),
+                                                 nn.Linear(c.d_model, 1))
+            self.decoder_halting = nn.Sequential(nn.LayerNorm(c.d_model, eps=c.norm_eps),
+                                                 nn.Linear(c.d_model, 1))
+        self.ponder: dict[str, Ponder] = {}
         self.apply(self._init_weights)
         # The problem token and BOS stand in for embedded tokens, which modalities scale to
         # roughly unit size per channel; at std 0.02 they would drown in the position signal.
         nn.init.normal_(self.problem_embedding.weight, std=1.0)
         nn.init.normal_(self.bos.weight, std=1.0)
+        if c.recurrence == "act":
+            # Halting probability sigmoid(1) = 0.73 at first: two steps a position, so that
+            # training starts shallow and deepens where the loss pays for it (Graves 2016).
+            for unit in (self.encoder_halting, self.decoder_halting):
+                nn.init.constant_(unit[1].bias, 1.0)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -373,6 +441,74 @@ class Transformer(nn.Module):
                              f"max_positions={self.config.max_positions}")
         return self.drop(x + self.positions[positions].to(x.dtype))
 
+    def _stack(self, side: str, x: Tensor, signal: Tensor, real: Tensor | None,
+               active: Tensor | None, apply: Callable, keep: Callable | None = None
+               ) -> Tensor:
+        """Run the encoder's or decoder's depth over x (B, T, C) and return its states.
+
+        apply(layer, step, x, active) -> x applies the side's layer `layer` (an index) as
+        step `step` of depth (the self-attention cache slot), its feed-forward block only at
+        `active` (flat positions, None: all). signal: the position signal of x's positions
+        ((T, C) or (B, T, C)), added again before each step of a recurrent depth. The
+        positions that are not padding, which act runs: `active`, or else real (B, T) bool,
+        or else all.
+        keep(step, x), given with a cache: store the keys and values of x at a step that
+        need not run because every position has halted (later positions will read them).
+        """
+        c = self.config
+        if c.recurrence == "none":
+            for i in range(len(getattr(self, side))):
+                x = apply(i, i, x, active)
+            return x
+        steps = getattr(c, f"num_{side}_layers")
+        if c.recurrence == "shared":
+            for step in range(steps):
+                x = apply(0, step, x + self._step_signal(signal, step, x.dtype), active)
+            return x
+        return self._act(side, x, signal, real, active, steps, apply, keep)
+
+    def _step_signal(self, signal: Tensor, step: int, dtype: torch.dtype) -> Tensor:
+        return (signal + self.step_signal[step]).to(dtype)
+
+    def _act(self, side: str, x: Tensor, signal: Tensor, real: Tensor | None,
+             active: Tensor | None, steps: int, apply: Callable, keep: Callable | None
+             ) -> Tensor:
+        """Adaptive computation time over the shared layer (see `_stack`, `Ponder`)."""
+        halting_unit = getattr(self, f"{side}_halting")
+        B, T, _ = x.shape
+        if active is not None:
+            real = positions_at(active, x)
+        elif real is None:
+            real = torch.ones(B, T, dtype=torch.bool, device=x.device)
+        halted = ~real  # padding never runs
+        summed = torch.zeros(B, T, device=x.device)  # halting probability spent so far
+        remainder = torch.zeros_like(summed)
+        updates = torch.zeros_like(summed)
+        state, output = x, torch.zeros_like(x)
+        for step in range(steps):
+            x = state + self._step_signal(signal, step, state.dtype)
+            if bool(halted.all()):  # the rest would change nothing
+                if keep is None:
+                    break
+                keep(step, x)
+                continue
+            running = ~halted
+            p = torch.sigmoid(halting_unit(x).squeeze(-1).float())  # (B, T)
+            # A position halts at the step its probabilities would pass the threshold, or at
+            # the last step, with the remainder to 1 as that step's weight.
+            halts = running & ((summed + p > self.config.halt_threshold) | (step == steps - 1))
+            weight = torch.where(halts, 1.0 - summed, torch.where(running, p, 0.0))
+            remainder = torch.where(halts, 1.0 - summed, remainder)
+            summed = summed + weight
+            updates = updates + running
+            y = apply(0, step, x, running.flatten().nonzero().squeeze(1))
+            output = output + weight.unsqueeze(-1).to(y.dtype) * y
+            state = torch.where(running.unsqueeze(-1), y, state)  # halted: frozen
+            halted = halted | halts
+        cost = ((updates + remainder) * real).sum() / real.sum().clamp(min=1)
+        self.ponder[side] = Ponder(steps=updates, real=real, cost=cost)
+        return output
+
     def encode(self, x: Tensor, pad_mask: Tensor, problem: Tensor,
                packing: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """Run the encoder over embedded inputs with the problem token in front.
@@ -393,8 +529,8 @@ class Transformer(nn.Module):
         attn_mask = ~pad_mask[:, None, None, :]  # (B, 1, 1, S+1), True = attend
         x = self._add_positions(x)
         active = (~pad_mask).flatten().nonzero().squeeze(1)  # real positions, for add_at_active
-        for layer in self.encoder:
-            x = layer(x, attn_mask, active)
+        x = self._stack("encoder", x, self._signal(0, x.size(1)), ~pad_mask, active,
+                        lambda i, step, x, active: self.encoder[i](x, attn_mask, active))
         return self.encoder_norm(x), pad_mask
 
     def _encode_packed(self, x: Tensor, problem: Tensor, packing: dict[str, Tensor]
@@ -408,8 +544,8 @@ class Transformer(nn.Module):
         attn_mask = (segments[:, :, None] == segments[:, None, :]).unsqueeze(1)  # (B, 1, S, S)
         pad_mask = segments == 0
         active = (~pad_mask).flatten().nonzero().squeeze(1)
-        for layer in self.encoder:
-            x = layer(x, attn_mask, active)
+        x = self._stack("encoder", x, self.positions[positions], ~pad_mask, active,
+                        lambda i, step, x, active: self.encoder[i](x, attn_mask, active))
         return self.encoder_norm(x), pad_mask
 
     def decode(self, y: Tensor, memory: Tensor, memory_pad_mask: Tensor, problem: Tensor,
@@ -433,18 +569,29 @@ class Transformer(nn.Module):
             return self._decode_packed(y, memory, problem, active, packing)
         x = torch.cat([self.bos(problem)[:, None, :].to(y.dtype), y], dim=1)  # (B, T+1, C)
         x = self._add_positions(x)
+        signal = self._signal(0, x.size(1))
         if cache is None:
             memory_mask = ~memory_pad_mask[:, None, None, :]  # (B, 1, 1, S+1)
-            for layer in self.decoder:
-                x = layer(x, layer.cross_attn.project_memory(memory), memory_mask, active=active)
+            memory_kv = [layer.cross_attn.project_memory(memory) for layer in self.decoder]
+            x = self._stack("decoder", x, signal, None, active,
+                            lambda i, step, x, active: self.decoder[i](
+                                x, memory_kv[i], memory_mask, active=active))
         else:
             if cache.length != 0:
                 raise ValueError("decode with a cache needs a fresh one (length 0)")
             if x.size(1) > cache.max_length:
                 raise ValueError(f"{x.size(1)} positions do not fit a cache of {cache.max_length}")
-            for i, layer in enumerate(self.decoder):
-                x = layer(x, (cache.cross_k[i], cache.cross_v[i]), cache.memory_mask,
-                          cache=(cache.self_k[i], cache.self_v[i]))
+
+            def apply(i: int, step: int, x: Tensor, active: Tensor | None) -> Tensor:
+                return self.decoder[i](x, (cache.cross_k[i], cache.cross_v[i]),
+                                       cache.memory_mask, cache=(cache.self_k[step],
+                                                                 cache.self_v[step]))
+
+            def keep(step: int, x: Tensor) -> None:
+                layer = self.decoder[0]
+                layer.self_attn.store(layer.norm1(x), cache.self_k[step], cache.self_v[step], 0)
+
+            x = self._stack("decoder", x, signal, None, None, apply, keep)
             cache.length = x.size(1)
         return self.decoder_norm(x)
 
@@ -461,9 +608,10 @@ class Transformer(nn.Module):
         # its row of the mask is never empty (NaN).
         memory_mask = ((segments[:, :, None] == packing["inputs_segments"][:, None, :])
                        | (segments == 0)[:, :, None]).unsqueeze(1)  # (B, 1, T, S)
-        for layer in self.decoder:
-            x = layer(x, layer.cross_attn.project_memory(memory), memory_mask, active=active,
-                      self_mask=self_mask)
+        memory_kv = [layer.cross_attn.project_memory(memory) for layer in self.decoder]
+        x = self._stack("decoder", x, self.positions[positions], segments > 0, active,
+                        lambda i, step, x, active: self.decoder[i](
+                            x, memory_kv[i], memory_mask, active=active, self_mask=self_mask))
         return self.decoder_norm(x)
 
     def new_cache(self, memory: Tensor, memory_pad_mask: Tensor, max_length: int) -> KVCache:
@@ -483,8 +631,9 @@ class Transformer(nn.Module):
         dtype = cross_k[0].dtype if cross_k else memory.dtype
         # Empty, not zeros: a position is only read once written, and zero-filling a cache
         # sized for decode.max_length is measurable in a decode (benchmarks/PERF_NOTES.md).
-        self_k = [memory.new_empty(shape, dtype=dtype) for _ in self.decoder]
-        self_v = [memory.new_empty(shape, dtype=dtype) for _ in self.decoder]
+        steps = c.num_decoder_layers  # of depth: one cache slot each, shared layer or not
+        self_k = [memory.new_empty(shape, dtype=dtype) for _ in range(steps)]
+        self_v = [memory.new_empty(shape, dtype=dtype) for _ in range(steps)]
         memory_mask = ~memory_pad_mask.bool()[:, None, None, :]  # (B, 1, 1, S+1)
         return KVCache(self_k, self_v, cross_k, cross_v, memory_mask)
 
@@ -503,9 +652,16 @@ class Transformer(nn.Module):
         if y is None:
             y = self.bos(problem)[:, None, :]  # (B, 1, C)
         x = self._add_positions(y, start=pos)  # (B, 1, C)
-        for i, layer in enumerate(self.decoder):
-            x = layer.step(x, cache.self_k[i], cache.self_v[i], pos,
-                           (cache.cross_k[i], cache.cross_v[i]), cache.memory_mask)
+
+        def apply(i: int, step: int, x: Tensor, active: Tensor | None) -> Tensor:
+            return self.decoder[i].step(x, cache.self_k[step], cache.self_v[step], pos,
+                                        (cache.cross_k[i], cache.cross_v[i]), cache.memory_mask)
+
+        def keep(step: int, x: Tensor) -> None:
+            layer = self.decoder[0]
+            layer.self_attn.store(layer.norm1(x), cache.self_k[step], cache.self_v[step], pos)
+
+        x = self._stack("decoder", x, self._signal(pos, pos + 1), None, None, apply, keep)
         cache.length = pos + 1
         return self.decoder_norm(x)[:, 0]  # (B, C)
 

@@ -55,6 +55,14 @@ GERMAN_WORDS = "ein zwei drei vier fuenf sechs sieben acht neun zehn haus baum k
 def family_mixture_checkpoint(folder: Path, *overrides: str) -> Path:
     """Train model=tiny on a mixture of FAMILY_MEMBERS (text_pairs: word lists and their
     reversal) with the given t2t-train overrides (the steps, say); its last.ckpt."""
+    result = run_command(*family_mixture_command(folder, *overrides), cwd=folder, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder / "run" / "checkpoints" / "last.ckpt"
+
+
+def family_mixture_command(folder: Path, *overrides: str) -> list[str]:
+    """The t2t-train command of `family_mixture_checkpoint`, its data_dir and run_dir in
+    folder; writes the text_pairs file there (folder/pairs.tsv)."""
     import random
 
     rng = random.Random(0)
@@ -64,12 +72,8 @@ def family_mixture_checkpoint(folder: Path, *overrides: str) -> Path:
     specs = [",".join([f"name:{name}", *(f"{k}:{v}" for k, v in options.items()),
                        *([f"train:'{tsv}'"] if name == "text_pairs" else [])])
              for name, options in FAMILY_MEMBERS.items()]
-    result = run_command(
-        "t2t-train", "problem=mixture",
-        f"problem.members=[{','.join('{' + s + '}' for s in specs)}]", "model=tiny",
-        "trainer.enable_progress_bar=false", "data.num_workers=0",
-        "trainer.val_check_interval=1000", "eval.decode_batches=1", "eval.examples=0",
-        *overrides, f"data_dir={folder / 'data'}", f"run_dir={folder / 'run'}", cwd=folder,
-        timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return folder / "run" / "checkpoints" / "last.ckpt"
+    return ["t2t-train", "problem=mixture",
+            f"problem.members=[{','.join('{' + s + '}' for s in specs)}]", "model=tiny",
+            "trainer.enable_progress_bar=false", "data.num_workers=0",
+            "trainer.val_check_interval=1000", "eval.decode_batches=1", "eval.examples=0",
+            *overrides, f"data_dir={folder / 'data'}", f"run_dir={folder / 'run'}"]

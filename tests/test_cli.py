@@ -171,6 +171,10 @@ def test_free_text_input_is_quoted_for_hydra():
     "command, args, message",
     [
         ("t2t-train", ["optim.ctc_weight=abc"], "optim.ctc_weight='abc': use a share"),
+        ("t2t-train", ["optim.ponder_weight=-1"], "optim.ponder_weight=-1: use a number from 0"),
+        ("t2t-train", ["model.recurrence=actt"],
+         "model settings: recurrence='actt': use one of none, shared, act"),
+        ("t2t-train", ["model.halt_threshold=0"], "model settings: halt_threshold=0"),
         ("t2t-train", ["data.augment.image.elastic=abc"],
          "data.augment.image.elastic='abc': expected float"),
         ("t2t-train", ["model.bottoms.image.stem_channels=1.5"],

@@ -1,5 +1,6 @@
 """The shared Transformer body: caching, masking, problem conditioning, sizes."""
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -7,16 +8,35 @@ from pathlib import Path
 import pytest
 import torch
 
-from t2t.model import PRESETS, ModelConfig, Transformer
+from t2t.model import PRESETS, RECURRENCES, ModelConfig, Transformer
 
 REPO = Path(__file__).resolve().parents[1]
 B, S, T = 3, 7, 5
+STEPS = 4  # of depth, for the shared-layer models
 
 
-@pytest.fixture
-def model() -> Transformer:
+def make_model(recurrence: str) -> Transformer:
+    """tiny with fixed layers, or with one layer a side applied up to STEPS times."""
     torch.manual_seed(0)
-    return Transformer(PRESETS["tiny"], num_problems=3).eval()
+    if recurrence == "none":
+        return Transformer(PRESETS["tiny"], num_problems=3).eval()
+    config = dataclasses.replace(PRESETS["tiny"], num_encoder_layers=STEPS,
+                                 num_decoder_layers=STEPS, recurrence=recurrence)
+    model = Transformer(config, num_problems=3).eval()
+    if recurrence == "act":
+        # Halting probabilities spread from near 0 to near 1, so that positions halt after
+        # different numbers of steps (at initialisation every position takes two).
+        with torch.no_grad():
+            for unit in (model.encoder_halting, model.decoder_halting):
+                unit[1].weight.normal_(std=0.3)
+                unit[1].bias.zero_()
+    return model
+
+
+# Every property below holds for each kind of depth: cached decoding, beams, padding.
+@pytest.fixture(params=RECURRENCES)
+def model(request) -> Transformer:
+    return make_model(request.param)
 
 
 def make_batch(d_model: int = 64):
@@ -216,6 +236,91 @@ def test_cache_reorder_expands_batch_for_beams(model):
     torch.testing.assert_close(got, expected[rows, 1], atol=1e-5, rtol=0)
 
 
+@torch.no_grad()
+def test_act_positions_halt_after_different_numbers_of_steps():
+    # What makes the cached-decoding tests above meaningful for act: positions of one batch
+    # halt at different steps, and padding takes none.
+    model = make_model("act")
+    x, pad_mask, y, problem = make_batch()
+    full_decode(model, x, pad_mask, y, problem)
+    encoder, decoder = model.ponder["encoder"], model.ponder["decoder"]
+    real = torch.cat([torch.zeros(B, 1, dtype=torch.bool), ~pad_mask], 1) | \
+        (torch.arange(S + 1) == 0)  # the problem token counts
+    assert torch.equal(encoder.real, real)
+    assert (encoder.steps[~real] == 0).all()
+    for ponder in (encoder, decoder):
+        steps = ponder.steps[ponder.real]
+        assert steps.min() >= 1 and steps.max() <= STEPS
+        assert len(steps.unique()) >= 2, steps
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("side", ["encoder", "decoder"])
+def test_a_halted_position_contributes_nothing_after_it(side):
+    """Whatever the shared layer computes at a position after it halted (here: noise) reaches
+    no output, neither its own (its state is frozen, its weight 0) nor any other (later steps
+    read its frozen state); the same noise at a running position does change outputs."""
+    model = make_model("act")
+    x, pad_mask, y, problem = make_batch()
+    clean = full_decode(model, x, pad_mask, y, problem)
+    steps = model.ponder[side].steps  # (B, T): position p ran steps 0 .. steps[p] - 1
+    layer = getattr(model, side)[0]
+
+    def outputs_with_noise(where):
+        calls = []
+
+        def noise(module, args, output):
+            step = len(calls)
+            calls.append(step)
+            return torch.where(where(step)[..., None], 1e3 * torch.randn_like(output), output)
+
+        handle = layer.register_forward_hook(noise)
+        try:
+            return full_decode(model, x, pad_mask, y, problem)
+        finally:
+            handle.remove()
+
+    halted = outputs_with_noise(lambda step: steps <= step)
+    torch.testing.assert_close(halted, clean, atol=1e-5, rtol=0)
+    running = outputs_with_noise(lambda step: (steps > step) & (step == steps.max() - 1))
+    assert not torch.allclose(running, clean, atol=1e-2)
+
+
+def test_ponder_cost_counts_steps_and_teaches_halting_sooner():
+    model = make_model("act").train()
+    x, pad_mask, _, problem = make_batch()
+    model.encode(x, pad_mask, problem)
+    ponder = model.ponder["encoder"]
+    # Steps plus the remainder (the last step's share, in (0, 1]) per real position.
+    assert ponder.mean_steps < ponder.cost <= ponder.mean_steps + 1
+    ponder.cost.backward()
+    bias = model.encoder_halting[1].bias
+    assert bias.grad is not None and float(bias.grad) < 0  # higher probabilities, lower cost
+
+
+def test_loss_adds_the_ponder_cost_at_its_weight():
+    from problems.algorithmic import AlgorithmicReverse
+    from t2t.lit_module import T2TLitModule
+    from t2t.model import T2TModel
+    from t2t.tokens import PAD
+
+    problem = AlgorithmicReverse()
+    config = dataclasses.replace(PRESETS["tiny"], recurrence="act")
+    torch.manual_seed(0)
+    model = T2TModel(config, [(problem.inputs, problem.targets)]).eval()
+    inputs = torch.tensor([[5, 6, 7, 8], [9, 5, 0, 0]])
+    targets = torch.tensor([[8, 7, 6, 5], [5, 9, 0, 0]])
+    batch = {"problem": 0, "inputs": inputs, "inputs_pad": inputs == PAD, "targets": targets}
+    losses = {}
+    with torch.no_grad():
+        for weight in (0.0, 0.5):
+            lit = T2TLitModule(model, [problem], ponder_weight=weight)
+            losses[weight], _ = lit.loss(batch, label_smoothing=0.0)
+            costs = [p.cost for p in model.body.ponder.values()]
+    assert len(costs) == 2  # encoder and decoder
+    torch.testing.assert_close(losses[0.5] - losses[0.0], 0.5 * sum(costs))
+
+
 def expected_body_parameters(c: ModelConfig) -> int:
     # Weight matrices only: attention is 4 d^2 (q, k, v, out), the feed-forward 2 d d_ff;
     # a decoder layer has two attentions. Biases, norms, problem/BOS rows are ~0.1%.
@@ -226,13 +331,18 @@ def expected_body_parameters(c: ModelConfig) -> int:
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
-def test_preset_parameter_counts(name):
-    config = PRESETS[name]
+@pytest.mark.parametrize("recurrence", RECURRENCES)
+def test_preset_parameter_counts(name, recurrence):
+    config = dataclasses.replace(PRESETS[name], recurrence=recurrence)
     with torch.device("meta"):  # sizes only, no memory or init time
         model = Transformer(config)
     count = model.num_parameters()
+    tolerance = 0.02
+    if recurrence != "none":  # one layer a side, however deep; biases and norms weigh more
+        config = dataclasses.replace(config, num_encoder_layers=1, num_decoder_layers=1)
+        tolerance = 0.03
     expected = expected_body_parameters(config)
-    assert abs(count - expected) / expected < 0.02, (name, count, expected)
+    assert abs(count - expected) / expected < tolerance, (name, count, expected)
 
 
 def test_known_preset_sizes():

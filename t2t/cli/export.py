@@ -30,6 +30,10 @@ def export(config: Any) -> None:
     from t2t.inference import load_checkpoint, select_problem
 
     model, problems = load_checkpoint(config.ckpt)
+    if model.config.recurrence != "none":
+        raise UserError(f"{config.ckpt} has model.recurrence={model.config.recurrence}; "
+                        f"t2t-export writes models of fixed layers (recurrence=none) only: "
+                        f"decode this one with t2t-decode or t2t-serve")
     chosen = range(len(problems))
     if config.get("problem") is not None:
         requested = build_problem(config.problem)

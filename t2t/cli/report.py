@@ -33,6 +33,10 @@ def print_report(module: Any, trainer: Any, examples: int = 3) -> None:
         loss = metrics.get(f"val/{problem.name}/loss")
         if loss is not None:
             table.add_row(problem.name, "val loss", f"{float(loss):.4f}", "lower")
+        for side in ("encoder", "decoder"):  # adaptive depth (model.recurrence=act)
+            steps = metrics.get(f"val/{problem.name}/ponder_steps_{side}")
+            if steps is not None:
+                table.add_row(problem.name, f"ponder steps, {side}", f"{float(steps):.2f}", "-")
         for name, value in module.latest_metrics.get(problem.name, {}).items():
             better = "higher" if HIGHER_IS_BETTER.get(name, True) else "lower"
             table.add_row(problem.name, name, f"{value:.4f}", better)

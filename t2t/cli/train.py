@@ -50,15 +50,23 @@ def check_settings(problems: list[Any], config: Any) -> None:
     """The settings that reach the modalities and the loss (data.augment, model.bottoms,
     optim.ctc_weight), checked before datagen, which may take long. A modality that learns
     a vocabulary first has its bottom built, and checked, with the model."""
+    import hydra
     import torch
+    from hydra.errors import InstantiationException
 
     from t2t.checkpoints import init_from_path
     from t2t.data import ROLES
     from t2t.datamodule import augmentation
-    from t2t.lit_module import checked_ctc_weight
+    from t2t.lit_module import checked_ctc_weight, checked_ponder_weight
     from t2t.modality import call_with_settings
 
     checked_ctc_weight(config.optim.ctc_weight)
+    checked_ponder_weight(config.optim.ponder_weight)
+    try:
+        hydra.utils.instantiate(config.model)
+    except InstantiationException as error:  # ModelConfig refusing a setting
+        cause = str(error.__cause__ or error).strip().splitlines()[0]
+        raise UserError(f"model settings: {cause}") from None
     if config.init_from:
         init_from_path(config.init_from)
     # A bottom built here draws its initial weights: the seeded run must not see those draws.
