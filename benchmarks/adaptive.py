@@ -10,8 +10,9 @@ times, each position halting on its own, model.recurrence=act).
 addition, reverse: algorithmic_addition (numbers of 1 to 4 digits, 5 minutes a run) and
 algorithmic_reverse (1 to 10 symbols, 3 minutes), model=mini at depth 4, scored by exact
 match (greedy) on the test split at the trained lengths and on lengths up to twice as long
-(5 to 8 digits, 11 to 20 symbols), which no training sample has. multi30k: translate_deen_multi30k (the local copy in
-../shared/datasets), model=small at depth 4, BLEU by t2t-eval (beam 4) on the test split.
+(5 to 8 digits, 11 to 20 symbols), which no training sample has. multi30k:
+translate_deen_multi30k (the local copy in ../shared/datasets), model=small at depth 4, 10
+minutes a run, BLEU by t2t-eval (beam 4) on the test split.
 
 For every model: the depth it spent, mean steps per position of encoder and decoder
 (teacher-forced on the references; fixed depth: 4), and the body's forward FLOPs per token
