@@ -114,7 +114,7 @@ def _allowed_mask(
 
 def _masked_logp(
     logits: torch.Tensor,
-    prefix: torch.Tensor,
+    prefix: torch.Tensor | None,
     done: torch.Tensor,
     allowed: Allowed | None,
     keep: torch.Tensor | None = None,
@@ -161,33 +161,45 @@ def _run(
     min_length: int = 0,
 ) -> torch.Tensor:
     """The left-to-right loop of greedy and sampling; `pick` maps (N, V) log-probs to (N,) ids.
-    With `rows`, only those batch rows are decoded (selected after the first step)."""
+    With `rows`, only those batch rows are decoded (selected after the first step). Finished
+    rows leave the state once a quarter of those decoded have finished: leaving costs a copy of
+    the state (a reorder), staying costs a whole step per row."""
     if max_length <= 0:
         return torch.zeros(batch_size if rows is None else len(rows), 0, dtype=torch.long)
     logits, state = decoder.step(None, state)
     _check_rows(logits, batch_size)
-    keep = None
+    device = logits.device
+    batch_row = None  # the batch row of each decoded row, where they are not all, in order
     if rows is not None:
         # The state's device is only known from the step output: select rows after step one.
-        keep = torch.as_tensor(rows, dtype=torch.long, device=logits.device)
-        state = decoder.reorder(state, keep)
-        logits = logits.index_select(0, keep)
+        batch_row = torch.as_tensor(rows, dtype=torch.long, device=device)
+        state = decoder.reorder(state, batch_row)
+        logits = logits.index_select(0, batch_row)
     n = logits.size(0)
-    out = torch.zeros(n, 0, dtype=torch.long, device=logits.device)  # (N, t)
-    done = torch.zeros(n, dtype=torch.bool, device=logits.device)
+    out = torch.full((n, max_length), PAD, dtype=torch.long, device=device)  # every row's ids
+    live = torch.arange(n, device=device)  # the rows of `out` in the state, in its order
+    done = torch.zeros(n, dtype=torch.bool, device=device)
+    token = None  # the live rows' last tokens, from the first step on
     for t in range(max_length):
         if t:
-            logits, state = decoder.step(out[:, -1], state)
-            _check_rows(logits, n)
-        logp = _masked_logp(logits, out, done, allowed, keep, batch_size, t < min_length)
+            logits, state = decoder.step(token, state)
+            _check_rows(logits, live.numel())
+        prefix = out[live, :t] if allowed is not None else None
+        logp = _masked_logp(logits, prefix, done, allowed, batch_row, batch_size, t < min_length)
         # Rows that are done get a one-hot on PAD, so argmax and multinomial emit PAD.
         logp.masked_fill_(done.unsqueeze(-1), -math.inf)
         logp[:, PAD] = torch.where(done, 0.0, -math.inf)
         token = pick(logp).masked_fill(done, PAD)  # (N,)
-        out = torch.cat([out, token.unsqueeze(1)], dim=1)
+        out[live, t] = token
         done = done | (token == EOS)
-        if bool(done.all()):
+        finished = int(done.sum())
+        if finished == done.numel():
             break
+        if 4 * finished >= done.numel():
+            going_on = (~done).nonzero().squeeze(1)
+            state = decoder.reorder(state, going_on)
+            live, token, done = live[going_on], token[going_on], done[going_on]
+            batch_row = live if rows is None else torch.as_tensor(rows, device=device)[live]
     return _finish(out)
 
 
@@ -347,41 +359,54 @@ def _beam_search(
     state = decoder.reorder(state, expand)
     logits = logits.index_select(0, expand)  # (B*K, V)
 
-    alive_seq = torch.zeros(B, K, 0, dtype=torch.long, device=device)  # (B, K, t)
+    # Batch rows leave the search, and the state, when they are done; until then their beams
+    # are b rows of the tensors below, b <= B, `rows` saying which batch row each is.
+    rows = torch.arange(B, device=device)
+    alive_seq = torch.zeros(B, K, 0, dtype=torch.long, device=device)  # (b, K, t)
     alive_score = torch.full((B, K), -math.inf, device=device)
     alive_score[:, 0] = 0.0  # the K beams are identical at first: let only one of them grow
-    fin_seq = torch.zeros(B, K, 0, dtype=torch.long, device=device)  # (B, K, t), PAD after EOS
+    fin_seq = torch.zeros(B, K, 0, dtype=torch.long, device=device)  # (b, K, t), PAD after EOS
     fin_score = torch.full((B, K), -math.inf, device=device)  # length-normalised, best first
-    beam_base = torch.arange(B, device=device).unsqueeze(1) * K  # (B, 1): flat index of beam 0
+    result_seq = torch.full((B, K, max_length), PAD, dtype=torch.long, device=device)
+    result_score = torch.full((B, K), -math.inf, device=device)
+    beam_base = torch.arange(B, device=device).unsqueeze(1) * K  # (b, 1): flat index of beam 0
     per_beam = min(2 * K, V)
     n_cand = min(2 * K, K * V)
 
     def top(k: int, scores: torch.Tensor, seqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # scores (B, M), seqs (B, M, t) -> the k best of each, best first
+        # scores (b, M), seqs (b, M, t) -> the k best of each, best first
         best, index = scores.topk(k, dim=1)
         return best, seqs.gather(1, index.unsqueeze(-1).expand(-1, -1, seqs.size(-1)))
 
+    def keep_results(which: torch.Tensor | slice) -> None:
+        result_seq[rows[which], :, :fin_seq.size(-1)] = fin_seq[which]
+        result_score[rows[which]] = fin_score[which]
+
     for t in range(max_length):
+        b = rows.numel()
         if t:
             logits, state = decoder.step(alive_seq[:, :, -1].reshape(-1), state)
-            _check_rows(logits, B * K)
-        dead = (alive_score == -math.inf).view(-1)  # (B*K,): padding beams, stopped rows
+            _check_rows(logits, b * K)
+        dead = (alive_score == -math.inf).view(-1)  # (b*K,): padding beams
+        # `allowed` sees every batch row's beams; those that left hold a PAD prefix.
+        beams = None if b == B else (rows.unsqueeze(1) * K
+                                     + torch.arange(K, device=device)).view(-1)
         # The best 2K of a row's K * V continuations are among each beam's own best 2K: rank
         # those few instead of adding the beam scores to all K * V log-probs.
-        logp = _masked_logp(logits, alive_seq.view(B * K, t), dead, allowed,
-                            ban_eos=t < min_length)  # (B*K, V)
-        beam_logp, beam_token = logp.topk(per_beam, dim=1)  # (B*K, per_beam)
+        logp = _masked_logp(logits, alive_seq.view(b * K, t), dead, allowed, beams, B * K,
+                            ban_eos=t < min_length)  # (b*K, V)
+        beam_logp, beam_token = logp.topk(per_beam, dim=1)  # (b*K, per_beam)
         # Dead beams: masked here, on the few kept, rather than over all V (alive_score is
         # -inf there anyway; this keeps a NaN from a degenerate row out of the ranking).
         beam_logp.masked_fill_(dead.unsqueeze(-1), -math.inf)
-        cand = (alive_score.unsqueeze(-1) + beam_logp.view(B, K, per_beam)).view(B, -1)
-        cand_score, cand_index = cand.topk(n_cand, dim=1)  # (B, 2K), best first
+        cand = (alive_score.unsqueeze(-1) + beam_logp.view(b, K, per_beam)).view(b, -1)
+        cand_score, cand_index = cand.topk(n_cand, dim=1)  # (b, 2K), best first
         origin = cand_index // per_beam  # the beam it extends
-        token = beam_token.view(B, -1).gather(1, cand_index)  # the token it appends
+        token = beam_token.view(b, -1).gather(1, cand_index)  # the token it appends
         seq = torch.cat(
             [alive_seq.gather(1, origin.unsqueeze(-1).expand(-1, -1, t)), token.unsqueeze(-1)],
             dim=-1,
-        )  # (B, 2K, t+1)
+        )  # (b, 2K, t+1)
         is_eos = token == EOS
 
         finishing = is_eos.clone()
@@ -393,7 +418,7 @@ def _beam_search(
             torch.cat([F.pad(fin_seq, (0, 1), value=PAD), seq], dim=1),
         )
 
-        alive_score, keep = torch.where(is_eos, -math.inf, cand_score).topk(K, dim=1)  # (B, K)
+        alive_score, keep = torch.where(is_eos, -math.inf, cand_score).topk(K, dim=1)  # (b, K)
         alive_seq = seq.gather(1, keep.unsqueeze(-1).expand(-1, -1, t + 1))
         origin = origin.gather(1, keep)
 
@@ -408,13 +433,22 @@ def _beam_search(
         # Alive scores only fall; the best any alive beam can reach is its score over the
         # largest penalty still possible (the penalty is monotone in length).
         bound = alive_score[:, 0] / max(penalty(t + 2), penalty(max_length))
-        row_done = (fin_score > -math.inf).all(dim=1) | (fin_score[:, n - 1] >= bound)  # (B,)
-        if bool(row_done.all()):
+        row_done = (fin_score > -math.inf).all(dim=1) | (fin_score[:, n - 1] >= bound)  # (b,)
+        finished = int(row_done.sum())
+        if finished == b:
             break
-        alive_score = alive_score.masked_fill(row_done.unsqueeze(1), -math.inf)
-        state = decoder.reorder(state, (beam_base + origin).view(-1))
+        index = beam_base + origin  # (b, K): the state row each beam continues
+        if finished:
+            keep_results(row_done)
+            going_on = (~row_done).nonzero().squeeze(1)
+            rows, index = rows[going_on], index[going_on]
+            alive_seq, alive_score = alive_seq[going_on], alive_score[going_on]
+            fin_seq, fin_score = fin_seq[going_on], fin_score[going_on]
+            beam_base = beam_base[:rows.numel()]
+        state = decoder.reorder(state, index.view(-1))
 
-    return fin_seq, fin_score
+    keep_results(slice(None))
+    return result_seq, result_score
 
 
 @torch.no_grad()

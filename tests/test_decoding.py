@@ -241,6 +241,54 @@ def test_greedy_stops_rows_independently_and_pads():
     assert strip(ids) == [[], [3, 4], [4]]
 
 
+class RowCounting(Markov):
+    """A Markov decoder that records how many rows each step computed."""
+
+    def __init__(self, table: torch.Tensor):
+        super().__init__(table)
+        self.rows_per_step: list[int] = []
+
+    def step(self, tokens, state):
+        self.rows_per_step.append(len(state[0]))
+        return super().step(tokens, state)
+
+
+@pytest.mark.parametrize("decoder", ["greedy", "beam", "sample"])
+def test_finished_rows_leave_the_batch(decoder):
+    """Finished rows stop costing decoder steps, and each row decodes as it would alone, under
+    a constraint that depends on the batch row (which must follow rows as others leave)."""
+    table = chain([[EOS], [3, EOS], [4, 4, EOS], [5, 6, 7, 4, 6, EOS], [3, 3, 3]])  # row 4: 3s
+    table[4, 3, 3, 7] = 20.0  # row 4's choice once 3 is banned: 7, then EOS
+    table[4, 3, 7, EOS] = 30.0
+    K = 2 if decoder == "beam" else 1
+
+    def ban_late_3(batch_rows: list[int]):
+        def allowed(prefix):
+            mask = torch.ones(prefix.size(0), 8, dtype=torch.bool)
+            row = torch.as_tensor(batch_rows).repeat_interleave(prefix.size(0) // len(batch_rows))
+            if prefix.size(1) >= 3:
+                mask[row == 4, 3] = False
+            return mask
+        return allowed
+
+    def decode(model, rows: list[int]):
+        state, options = model.start(torch.as_tensor(rows)), dict(
+            batch_size=len(rows), max_length=12, allowed=ban_late_3(rows))
+        if decoder == "beam":
+            return beam_search(model, state, beam_size=K, **options)[0]
+        if decoder == "sample":
+            return sample(model, state, generator=torch.Generator().manual_seed(0), **options)
+        return greedy(model, state, **options)
+
+    model = RowCounting(table)
+    together = strip(decode(model, list(range(5))))
+    alone = [strip(decode(Markov(table), [row]))[0] for row in range(5)]
+    assert together == alone == [[], [3], [4, 4], [5, 6, 7, 4, 6], [3, 3, 3, 7]]
+    rows = model.rows_per_step[1:]  # after the first step (beam search expands there)
+    assert rows == sorted(rows, reverse=True) and rows[-1] == K
+    assert sum(rows) < 5 * K * len(rows)
+
+
 def test_pad_and_bos_are_never_emitted():
     table = torch.zeros(2, VOCAB, VOCAB, VOCAB)
     table[..., PAD] = table[..., BOS] = 10.0  # the model would love to emit them
