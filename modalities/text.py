@@ -269,6 +269,10 @@ class TiedSoftmax(nn.Module):
         super().__init__()
         self.embedding = embedding
 
+    @property
+    def weight(self) -> torch.Tensor:  # (V, C): t2t.modality.ProjectsLinearly
+        return self.embedding.weight
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return nn.functional.linear(hidden, self.embedding.weight)  # (B, T, V)
 

@@ -12,12 +12,14 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from lightning.pytorch.utilities import GradClipAlgorithmType, rank_zero_warn
 
 from t2t.errors import UserError
 from t2t.inference import decode_ids, decode_loaded
+from t2t.losses import linear_cross_entropy
 from t2t.metrics import LIKELIHOOD_METRICS, get_metric, prediction_metrics
-from t2t.modality import Modality
+from t2t.modality import Modality, ProjectsLinearly
 from t2t.model import T2TModel
 from t2t.problem import Problem, Verifier, constraint_for
 from t2t.tokens import EOS, PAD
@@ -53,6 +55,20 @@ def checked_ctc_weight(value: Any) -> float:
     return float(value)
 
 
+def checked_loss_chunk_rows(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UserError(f"optim.loss_chunk_rows={value!r}: use a whole number of target positions "
+                        f"whose logits the loss holds at once (e.g. 4096), or 0 for all at once")
+    return value
+
+
+def checked_fused(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise UserError(f"optim.fused={value!r}: use true (one fused kernel for the AdamW update) "
+                        f"or false")
+    return value
+
+
 def checked_ponder_weight(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
         raise UserError(f"optim.ponder_weight={value!r}: use a number from 0 up (e.g. 0.01), "
@@ -85,6 +101,8 @@ class T2TLitModule(L.LightningModule):
         label_smoothing: float = 0.1,
         ctc_weight: float = 0.5,
         ponder_weight: float = 0.01,
+        loss_chunk_rows: int = 4096,
+        fused: bool = True,
         val_decode_batches: int = 4,
         record_samples: str | None = None,
         beam_size: int = 1,
@@ -100,7 +118,9 @@ class T2TLitModule(L.LightningModule):
         self.on_nonfinite_loss = on_nonfinite_loss
         self.skipped_batches = 0
         self.model, self.problems = model, problems
-        self.optim = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+        self.optim = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                          fused=checked_fused(fused))
+        self.loss_chunk_rows = checked_loss_chunk_rows(loss_chunk_rows)
         self.schedule = dict(warmup_steps=warmup_steps, schedule=schedule, max_steps=max_steps)
         self.label_smoothing = label_smoothing
         # Problems whose targets follow their inputs' order mix in an encoder CTC loss.
@@ -141,9 +161,8 @@ class T2TLitModule(L.LightningModule):
                                                packing)
         hidden = self.model.decoder_states(problem, memory, memory_pad, batch["targets"],
                                            active=active, packing=packing)  # (B, T+1, C)
-        logits = self.model.logits(problem, hidden.flatten(0, 1).index_select(0, active))
-        loss = F.cross_entropy(logits.float(), labels.index_select(0, active),
-                               label_smoothing=label_smoothing)  # (N, V) against (N,)
+        loss = self._cross_entropy(problem, hidden.flatten(0, 1).index_select(0, active),
+                                   labels.index_select(0, active), label_smoothing)
         if ctc_weight:
             if packing:
                 raise UserError("optim.ctc_weight needs unpacked batches: use data.packed_length=0 "
@@ -157,6 +176,17 @@ class T2TLitModule(L.LightningModule):
         for ponder in self.model.body.ponder.values():
             loss = loss + self.ponder_weight * ponder.cost
         return loss, active.numel()
+
+    def _cross_entropy(self, problem: int, hidden: torch.Tensor, labels: torch.Tensor,
+                       label_smoothing: float) -> torch.Tensor:
+        """Mean cross-entropy of labels (N,) under the problem's top at hidden (N, C): fused
+        with the top's projection where the top is one (t2t.losses), holding the logits of
+        `loss_chunk_rows` positions at a time."""
+        top = self.model.top(problem)
+        if self.loss_chunk_rows and isinstance(top, ProjectsLinearly):
+            return linear_cross_entropy(hidden, top.weight, labels, label_smoothing,
+                                        self.loss_chunk_rows)
+        return F.cross_entropy(top(hidden).float(), labels, label_smoothing=label_smoothing)
 
     def _log_ponder(self, prefix: str, batch_size: int, **options: Any) -> None:
         """Mean steps of depth per position of the last pass, encoder and decoder."""
@@ -218,11 +248,28 @@ class T2TLitModule(L.LightningModule):
 
     def configure_optimizers(self):
         trained = [p for p in self.model.parameters() if p.requires_grad]  # not the frozen
-        optimizer = torch.optim.AdamW(trained, **self.optim)
+        # Under fp16 a GradScaler unscales the gradients before clipping them, which a fused
+        # AdamW (unscaling inside its step) does not allow.
+        scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        optimizer = torch.optim.AdamW(trained, **{**self.optim,
+                                                  "fused": self.optim["fused"] and not scaled})
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, **self.schedule))
         schedule = {"scheduler": scheduler, "interval": "step"}
         return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer,
+                                    gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        plugin = self.trainer.precision_plugin
+        if (gradient_clip_val and isinstance(plugin, MixedPrecision) and plugin.scaler is None
+                and optimizer.defaults.get("fused")):
+            # bf16-mixed has no scaled gradients, yet Lightning refuses to clip for a fused
+            # optimizer (Lightning-AI/pytorch-lightning#21435): clip as its 32-bit runs do.
+            algorithm = GradClipAlgorithmType(gradient_clip_algorithm or "norm")
+            Precision.clip_gradients(plugin, optimizer, gradient_clip_val, algorithm)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # -- validation ----------------------------------------------------------------------------
 

@@ -113,6 +113,14 @@ class Modality:
 
 
 @runtime_checkable
+class ProjectsLinearly(Protocol):
+    """A top (`Modality.top`'s module) whose logits are hidden @ weight.T and nothing else:
+    the training loss then fuses the projection with its cross-entropy (t2t.losses)."""
+
+    weight: torch.Tensor  # (V, C)
+
+
+@runtime_checkable
 class SavesPredictions(Protocol):
     """A target modality whose predictions are files (a picture): t2t-decode writes each one
     and prints its path."""

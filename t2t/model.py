@@ -304,14 +304,16 @@ class KVCache:
         return self.memory_mask.size(0) * self.group
 
     def reorder(self, index: Tensor) -> None:
-        """Select decoder rows in place: `index` (N',) long; for beam expansion and reordering."""
+        """Select decoder rows in place: `index` (N',) long; for beam expansion, reordering and
+        letting finished rows go."""
         index = index.to(self.memory_mask.device)
         filled = self.length
         for caches, spares in ((self.self_k, self.spare_k), (self.self_v, self.spare_v)):
             for i, cache in enumerate(caches):
                 target = spares[i]
-                if target is None or target.size(0) != index.numel():
+                if target is None or target.size(0) < index.numel():
                     target = cache.new_empty(index.numel(), *cache.shape[1:])
+                target = target[:index.numel()]  # fewer rows: finished ones left the batch
                 torch.index_select(cache[:, :, :filled], 0, index, out=target[:, :, :filled])
                 caches[i], spares[i] = target, cache
         memory_rows = index // self.group  # the memory row each new decoder row reads
@@ -729,7 +731,7 @@ class T2TModel(nn.Module):
     def teacher_forced(self, problem: int, memory: Tensor, memory_pad: Tensor,
                        targets: Tensor) -> Tensor:
         """Decoder logits (B, T+1, V) over an encoded batch (see `forward`)."""
-        return self.logits(problem, self.decoder_states(problem, memory, memory_pad, targets))
+        return self.top(problem)(self.decoder_states(problem, memory, memory_pad, targets))
 
     def decoder_states(self, problem: int, memory: Tensor, memory_pad: Tensor,
                        targets: Tensor, active: Tensor | None = None,
@@ -740,10 +742,9 @@ class T2TModel(nn.Module):
         problems = torch.full((y.shape[0],), problem, dtype=torch.long, device=y.device)
         return self.body.decode(y, memory, memory_pad, problems, active=active, packing=packing)
 
-    def logits(self, problem: int, hidden: Tensor) -> Tensor:
-        """The problem's target top over hidden states (..., C) -> (..., V), position-wise:
-        the loss passes only the positions that have a label."""
-        return self.tops[self.keys[problem][1]](hidden)
+    def top(self, problem: int) -> nn.Module:
+        """The problem's target top: hidden states (..., C) -> logits (..., V)."""
+        return self.tops[self.keys[problem][1]]
 
     def encoder_logits(self, problem: int, memory: Tensor, memory_pad: Tensor
                        ) -> tuple[Tensor, Tensor]:
@@ -753,7 +754,7 @@ class T2TModel(nn.Module):
         The problem token in front is left out: it attends to the whole input, and CTC there
         finds a shortcut (a short target at that one position, blanks after) that teaches
         no alignment."""
-        return self.tops[self.keys[problem][1]](memory[:, 1:]), memory_pad[:, 1:]
+        return self.top(problem)(memory[:, 1:]), memory_pad[:, 1:]
 
     def decoder(self, problem: int) -> IncrementalModel:
         return IncrementalModel(self, problem)

@@ -172,6 +172,9 @@ def test_free_text_input_is_quoted_for_hydra():
     [
         ("t2t-train", ["optim.ctc_weight=abc"], "optim.ctc_weight='abc': use a share"),
         ("t2t-train", ["optim.ponder_weight=-1"], "optim.ponder_weight=-1: use a number from 0"),
+        ("t2t-train", ["optim.loss_chunk_rows=-5"],
+         "optim.loss_chunk_rows=-5: use a whole number of target positions"),
+        ("t2t-train", ["optim.fused=maybe"], "optim.fused='maybe': use true"),
         ("t2t-train", ["model.recurrence=actt"],
          "model settings: recurrence='actt': use one of none, shared, act"),
         ("t2t-train", ["model.halt_threshold=0"], "model settings: halt_threshold=0"),

@@ -15,6 +15,7 @@ from t2t.datamodule import PlannedBatches, PlanSettings
 from t2t.inference import decode_raw
 from t2t.lit_module import T2TLitModule
 from t2t.metrics import LIKELIHOOD_METRICS, METRICS
+from t2t.modality import ProjectsLinearly
 from t2t.model import PRESETS, T2TModel
 from t2t.registry import discover, problems
 
@@ -109,6 +110,23 @@ def test_problem_round_trips_through_a_shard(name, tmp_path):
     # A benchmark has only an evaluation split: one step on it still checks the batches.
     split = "train" if "train" in problem.splits else problem.splits[0]
     batch = next(iter(PlannedBatches(problem, problem_dir, split, 0, PlanSettings())))
+    # The loss fused with the target top's projection, a few positions at a time, is the
+    # plain loss, gradients included (eval: no dropout, so both compute one function).
+    assert isinstance(model.top(0), ProjectsLinearly)
+    model.eval()
+    trained = [p for p in model.parameters() if p.requires_grad]
+    results = []
+    for lit in (T2TLitModule(model, [problem], loss_chunk_rows=5),
+                T2TLitModule(model, [problem], loss_chunk_rows=0)):
+        loss, _ = lit.loss(batch, label_smoothing=0.1, ctc_weight=lit.ctc_weights[0])
+        results.append((loss, torch.autograd.grad(loss, trained, allow_unused=True)))
+    (fused, fused_grads), (plain, plain_grads) = results
+    torch.testing.assert_close(fused, plain)
+    for got, want in zip(fused_grads, plain_grads, strict=True):
+        assert (got is None) == (want is None)
+        if got is not None:
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loss, tokens = module.loss(batch, label_smoothing=0.1, ctc_weight=module.ctc_weights[0])
     loss.backward()

@@ -57,11 +57,18 @@ def check_settings(problems: list[Any], config: Any) -> None:
     from t2t.checkpoints import init_from_path
     from t2t.data import ROLES
     from t2t.datamodule import augmentation
-    from t2t.lit_module import checked_ctc_weight, checked_ponder_weight
+    from t2t.lit_module import (
+        checked_ctc_weight,
+        checked_fused,
+        checked_loss_chunk_rows,
+        checked_ponder_weight,
+    )
     from t2t.modality import call_with_settings
 
     checked_ctc_weight(config.optim.ctc_weight)
     checked_ponder_weight(config.optim.ponder_weight)
+    checked_loss_chunk_rows(config.optim.loss_chunk_rows)
+    checked_fused(config.optim.fused)
     try:
         hydra.utils.instantiate(config.model)
     except InstantiationException as error:  # ModelConfig refusing a setting
