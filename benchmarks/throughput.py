@@ -5,15 +5,19 @@ t2t-datagen writes, with the same AdamW and the same label-smoothed loss. BART i
 twice: on t2t's own batches (token budget, length bucketing: the same kernels' work, so
 the ratio is the implementations' speed alone) and batched as Hugging Face's Seq2SeqTrainer
 does by default (the same pairs in random order, 64 per batch, padded to the longest by
-DataCollatorForSeq2Seq: what a BART user gets). Both decode the same source sentences to
-exactly --decode-length tokens (EOS is banned in both, so neither stops early).
+DataCollatorForSeq2Seq: what a BART user gets). Both decode the same source sentences, in
+batches of each --decode-batch size, to exactly --decode-length tokens (EOS banned in both, so
+neither stops early), or with --decode-lengths reference each to its reference translation's
+length (EOS forced there in both: sentences finish at different steps, as a trained model's
+do, and what a decoder does with finished ones shows).
 
 Printed: training target tokens/s (real tokens: non-pad, EOS included), padding fraction,
 achieved FLOP/s and MFU against a matrix-product peak measured in this run, decoding
-sentences/s (greedy and beam 4), peak memory (GPU). The contestants' timed steps and decodes
-are interleaved, in rounds, so that the drift of a shared machine hits them alike; decoding
-reports the best of --decode-repeats. Last, the time t2t's decodes spend in their matrix
-products alone (the same shapes, nothing else): what bounds any decoder of this model here.
+sentences/s (greedy and beam 4, per batch size), peak memory (GPU). The contestants' timed
+steps and decodes are interleaved, in rounds, so that the drift of a shared machine hits them
+alike; decoding reports the best of --decode-repeats. Last (fixed lengths), the time t2t's
+decodes spend in their matrix products alone (the same shapes, nothing else): what bounds any
+decoder of this model here.
 
 Model FLOPs are the issue's count, 6 x N x target tokens, with N the weights that multiply
 (matrices, the tied embedding/softmax once; no position tables, biases or norms): source and
@@ -22,6 +26,8 @@ target sentences have about the same length here, so this stands for the encoder
     python benchmarks/throughput.py                                  # CPU, small, fp32
     python benchmarks/throughput.py --device cuda --model base --precision bf16 --compile layers
     python benchmarks/throughput.py --packed-length 128      # t2t with data.packed_length too
+    python benchmarks/throughput.py --skip train --decode-batch 1,32,256 \
+        --decode-lengths reference
 """
 
 from __future__ import annotations
@@ -141,15 +147,53 @@ class T2T:
             self.model.body.compile_layers()
 
     @torch.no_grad()
-    def decode(self, batch, length: int, beam: int):
+    def decode(self, batch, length: int, beam: int, lengths=None):
         decoder = self.model.decoder(0)
         B = len(batch["inputs"])
         # The cache sized as t2t-decode sizes it (decode.max_length), not to the 30 steps run.
         state = decoder.start(batch["inputs"], batch["inputs_pad"], max(length, 256))
-        # EOS banned: every hypothesis runs to `length` tokens (BART: min_new_tokens).
+        if lengths is not None:  # each sentence to its own length, then EOS
+            options = {"allowed": ends_at(lengths, VOCAB_SIZE[0]), "max_length": length + 1}
+        else:  # EOS banned: every hypothesis runs to `length` tokens (BART: min_new_tokens)
+            options = {"min_length": length, "max_length": length}
         if beam == 1:
-            return decoding.greedy(decoder, state, B, length, min_length=length)
-        return decoding.beam_search(decoder, state, B, beam, length, min_length=length)[0]
+            return decoding.greedy(decoder, state, B, **options)
+        return decoding.beam_search(decoder, state, B, beam, **options)[0]
+
+
+VOCAB_SIZE = [0]  # the problem's, set in main
+
+
+def ends_at(lengths: torch.Tensor, vocab_size: int):
+    """A t2t decoding constraint: EOS banned before each batch row's length, the only choice
+    at it (rows of beams follow their batch row)."""
+
+    def allowed(prefix: torch.Tensor) -> torch.Tensor:
+        rows, step = prefix.shape
+        length = lengths.to(prefix.device).repeat_interleave(rows // len(lengths))
+        mask = torch.ones(rows, vocab_size, dtype=torch.bool, device=prefix.device)
+        mask[:, EOS] = length == step
+        mask[length == step] = F.one_hot(torch.tensor(EOS), vocab_size).bool().to(prefix.device)
+        return mask
+
+    return allowed
+
+
+def hf_ends_at(lengths: torch.Tensor):
+    """The same as `ends_at` for Hugging Face's generate (a LogitsProcessor)."""
+    from transformers import LogitsProcessor
+
+    class EndsAt(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            rows, step = input_ids.size(0), input_ids.size(1) - 1  # after the start token
+            length = lengths.to(scores.device).repeat_interleave(rows // len(lengths))
+            at = length == step
+            eos = scores[:, EOS].clone()
+            scores[at] = -math.inf
+            scores[:, EOS] = torch.where(at, eos, -math.inf)
+            return scores
+
+    return EndsAt()
 
 
 class Bart:
@@ -187,12 +231,19 @@ class Bart:
                 layer.compile(dynamic=True)
 
     @torch.no_grad()
-    def decode(self, batch, length: int, beam: int):
-        beam_options = {"length_penalty": 0.6, "early_stopping": False} if beam > 1 else {}
-        return self.model.generate(
+    def decode(self, batch, length: int, beam: int, lengths=None):
+        from transformers import LogitsProcessorList
+
+        options = {"length_penalty": 0.6, "early_stopping": False} if beam > 1 else {}
+        if lengths is not None:
+            options |= {"logits_processor": LogitsProcessorList([hf_ends_at(lengths)]),
+                        "max_new_tokens": length + 1}
+        else:
+            options |= {"max_new_tokens": length, "min_new_tokens": length}
+        out = self.model.generate(
             input_ids=batch["inputs"], attention_mask=~batch["inputs_pad"], num_beams=beam,
-            do_sample=False, max_new_tokens=length, min_new_tokens=length, use_cache=True,
-            **beam_options)[:, 1:]  # without the decoder's start token
+            do_sample=False, use_cache=True, **options)[:, 1:]  # without the start token
+        return out.masked_fill(out == EOS, PAD)
 
 
 def manual_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
@@ -304,17 +355,40 @@ class Run:
             self.seconds += time.perf_counter() - start
 
     @torch.no_grad()
-    def decode(self, batch, length: int, beam: int) -> int:
-        """Time one decode; returns the fewest tokens any sentence got."""
+    def decode(self, batch, length: int, beam: int, lengths=None) -> torch.Tensor:
+        """Time one decode of `batch`; returns each sentence's number of tokens."""
         model = self.contestant.model
         model.eval()
         with self.autocast():
             sync(self.device)
             start = time.perf_counter()
-            out = self.contestant.decode(batch, length, beam)
+            out = self.contestant.decode(batch, length, beam, lengths)
             sync(self.device)
-        self.decode_seconds.setdefault(beam, []).append(time.perf_counter() - start)
-        return int((out != PAD).sum(dim=1).min())
+        rows = len(batch["inputs"])
+        self.decode_seconds.setdefault((rows, beam), []).append(time.perf_counter() - start)
+        return (out != PAD).sum(dim=1).cpu()
+
+
+def decode_pool(batches, seed: int = 0) -> dict:
+    """Every source sentence of `batches` and its reference length, shuffled: decoding
+    batches of sentences in no order of length, as a user's test file comes."""
+    width = max(b["inputs"].size(1) for b in batches)
+    inputs = torch.cat([F.pad(b["inputs"], (0, width - b["inputs"].size(1)), value=PAD)
+                        for b in batches])
+    lengths = torch.cat([(b["targets"] != PAD).sum(dim=1) for b in batches])
+    order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(seed))
+    return {"inputs": inputs[order], "inputs_pad": inputs[order] == PAD,
+            "lengths": lengths[order]}
+
+
+def take(pool: dict, rows: int) -> dict:
+    """The first `rows` sentences of the pool (cycled if it holds fewer), padded to the
+    longest of them."""
+    index = torch.arange(rows) % len(pool["inputs"])
+    batch = {k: v[index] for k, v in pool.items()}
+    width = int((~batch["inputs_pad"]).sum(dim=1).max())
+    return {**batch, "inputs": batch["inputs"][:, :width],
+            "inputs_pad": batch["inputs_pad"][:, :width]}
 
 
 def main() -> None:
@@ -335,15 +409,25 @@ def main() -> None:
     parser.add_argument("--packed-length", type=int, default=0,
                         help="t2t trains on batches packed into rows of this length "
                              "(data.packed_length); BART keeps the unpacked ones")
+    parser.add_argument("--loss-chunk-rows", default="4096",
+                        help="t2t's optim.loss_chunk_rows (0: the loss unfused); a comma list "
+                             "adds a t2t contestant for each further value")
     parser.add_argument("--batches", type=int, default=8, help="distinct batches, cycled")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--decode-batch", type=int, default=32)
-    parser.add_argument("--decode-length", type=int, default=30)
+    parser.add_argument("--decode-batch", default="32",
+                        help="sentences decoded at once; a comma list for several sizes")
+    parser.add_argument("--decode-length", type=int, default=30,
+                        help="tokens per sentence (fixed), or at most (reference)")
+    parser.add_argument("--decode-lengths", default="fixed", choices=["fixed", "reference"],
+                        help="fixed: every sentence to --decode-length tokens, EOS banned; "
+                             "reference: each to its reference translation's length (EOS "
+                             "banned before, forced there), so sentences finish at their own "
+                             "step, as trained models' do")
     parser.add_argument("--decode-repeats", type=int, default=3)
     parser.add_argument("--profile", action="store_true",
                         help="print the training steps' top operators (torch.profiler)")
-    parser.add_argument("--skip", default="", help="comma list: hf, decode")
+    parser.add_argument("--skip", default="", help="comma list: hf, train, decode")
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--raw-dir", default=str(SHARED / "multi30k")
                         if (SHARED / "multi30k").is_dir() else None)
@@ -363,13 +447,18 @@ def main() -> None:
     max_tokens = args.max_tokens or 64 * 24  # ~64 Multi30k pairs of ~18 +- 6 tokens
     problem, batches = multi30k_batches(args.data_dir, args.raw_dir, max_tokens, args.max_rows,
                                         args.window, args.batches)
-    vocab_size = problem.targets.vocab_size
-    decode_batch = {k: v[: args.decode_batch] for k, v in
-                    max(batches, key=lambda b: len(b["inputs"])).items()}
+    vocab_size = VOCAB_SIZE[0] = problem.targets.vocab_size
 
+    chunk_rows = [int(n) for n in args.loss_chunk_rows.split(",")]
     torch.manual_seed(0)
     t2t = T2T(problem, config, device)
+    t2t.lit.loss_chunk_rows = chunk_rows[0]
     runs = [Run("t2t", t2t, batches, device, autocast)]
+    for rows in chunk_rows[1:]:
+        torch.manual_seed(0)
+        other = T2T(problem, config, device)
+        other.lit.loss_chunk_rows = rows
+        runs.append(Run(f"t2t, loss_chunk_rows {rows}", other, batches, device, autocast))
     if args.packed_length:  # the same token budget, the plan t2t-train packs
         packed = multi30k_batches(args.data_dir, args.raw_dir, max_tokens, args.max_rows,
                                   args.window, args.batches, args.packed_length)[1]
@@ -394,7 +483,21 @@ def main() -> None:
         for c in {id(r.contestant): r.contestant for r in runs}.values():
             c.compile(whole=args.compile == "whole")
 
-    # Training: warm-up (compilation, allocator), then timed rounds, contestants interleaved.
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print()
+    print(f"{name}, {torch.get_num_threads()} threads, {args.precision}"
+          f"{f', torch.compile ({args.compile})' if args.compile else ''}"
+          f"{f', SDPA {args.sdpa}' if args.sdpa else ''}; model {args.model}; "
+          f"matmul peak {peak / 1e12:.3f} TFLOP/s; t2t's loss_chunk_rows {args.loss_chunk_rows}")
+    if "train" not in skip:
+        train(args, runs, device, peak, batches, max_tokens)
+    if "decode" not in skip:
+        decode(args, [run for run in runs if run.name in ("t2t", SAME)], t2t, batches, device,
+               peak)
+
+
+def train(args, runs, device, peak, batches, max_tokens) -> None:
+    """Warm-up (compilation, allocator), then timed rounds, contestants interleaved."""
     for run in runs:
         run.train(args.warmup, timed=False)
     if device.type == "cuda":
@@ -414,49 +517,22 @@ def main() -> None:
         print(f"\n{name}: top operators of the timed training steps")
         print(profiler.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60))
 
-    # Decoding: the same sentences, one warm-up decode each, then interleaved repeats.
-    # t2t and BART decode the same way whichever batches they trained on.
-    decoders = [run for run in runs if run.name in ("t2t", SAME)]
-    decode_batch = to(decode_batch, device)
-    if "decode" not in skip:
-        for beam in (1, 4):
-            for repeat in range(1 + args.decode_repeats):
-                for run in decoders:
-                    produced = run.decode(decode_batch, args.decode_length, beam)
-                    if produced != args.decode_length:
-                        sys.exit(f"{run.name}: beam {beam} produced {produced} tokens, "
-                                 f"expected {args.decode_length}")
-                    if repeat == 0:
-                        run.decode_seconds[beam].clear()  # warm-up
-
     rows = []
     for run in runs:
         tokens_per_s = run.real / run.seconds
         n = matrix_weights(run.contestant.model)
         flops = 6 * n * tokens_per_s
-        row = {"name": run.name, "params": n, "tok/s": tokens_per_s, "flops": flops,
-               "mfu": flops / peak, "pad": run.padding}
-        for beam, seconds in run.decode_seconds.items():
-            if run in decoders:
-                row[f"beam{beam}"] = len(decode_batch["inputs"]) / min(seconds)
-        rows.append(row)
-
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+        rows.append({"name": run.name, "params": n, "tok/s": tokens_per_s, "flops": flops,
+                     "mfu": flops / peak, "pad": run.padding})
+    print(f"\nTraining: {len(batches)} batches of <= {max_tokens} padded tokens, "
+          f"{sum(len(b['inputs']) for b in batches) / len(batches):.0f} pairs on average; "
+          f"{args.steps} timed steps")
     print()
-    print(f"{name}, {torch.get_num_threads()} threads, {args.precision}"
-          f"{f', torch.compile ({args.compile})' if args.compile else ''}"
-          f"{f', SDPA {args.sdpa}' if args.sdpa else ''}; model {args.model}; "
-          f"matmul peak {peak / 1e12:.3f} TFLOP/s; {len(batches)} batches of <= {max_tokens} "
-          f"padded tokens, {sum(len(b['inputs']) for b in batches) / len(batches):.0f} pairs "
-          f"on average; {args.steps} timed steps")
-    print()
-    print("| model | matrix weights | train tok/s | padding | TFLOP/s | MFU | greedy sent/s "
-          "| beam-4 sent/s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | matrix weights | train tok/s | padding | TFLOP/s | MFU |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['name']} | {r['params'] / 1e6:.1f}M | {r['tok/s']:,.0f} | {r['pad']:.3f} | "
-              f"{r['flops'] / 1e12:.3f} | {r['mfu']:.1%} | {r.get('beam1', math.nan):.1f} | "
-              f"{r.get('beam4', math.nan):.1f} |")
+              f"{r['flops'] / 1e12:.3f} | {r['mfu']:.1%} |")
     print(f"\npeak GPU memory, all contestants: {memory:.2f} GiB" if device.type == "cuda" else "")
     by_name = {r["name"]: r for r in rows}
     if SAME in by_name:
@@ -464,21 +540,64 @@ def main() -> None:
         for ours in [r for r in rows if r["name"] not in (SAME, DEFAULT)]:
             print(f"{ours['name']} / HF BART: training {ours['tok/s'] / same['tok/s']:.2f}x on "
                   f"t2t's batches, {ours['tok/s'] / default['tok/s']:.2f}x against HF's default "
-                  "batching" + ("" if "decode" in skip or "beam1" not in ours else
-                                f"; greedy {ours['beam1'] / same['beam1']:.2f}x, "
-                                f"beam-4 {ours['beam4'] / same['beam4']:.2f}x"))
-    if "decode" not in skip:
-        sentences = len(decode_batch["inputs"])
+                  "batching")
+
+
+def decode(args, decoders, t2t, batches, device, peak) -> None:
+    """The same sentences for each contestant, one warm-up decode each, then interleaved
+    repeats; the best of them. t2t and BART decode the same way whichever batches they
+    trained on."""
+    pool = decode_pool(batches)
+    sizes = [int(n) for n in args.decode_batch.split(",")]
+    reference = args.decode_lengths == "reference"
+    speed = {}  # (contestant, rows, beam) -> sentences/s
+    for rows in sizes:
+        batch = to(take(pool, rows), device)
+        lengths = batch["lengths"].clamp(max=args.decode_length) if reference else None
+        expected = (lengths.cpu() if reference else
+                    torch.full((rows,), args.decode_length))
+        for beam in (1, 4):
+            for repeat in range(1 + args.decode_repeats):
+                for run in decoders:
+                    produced = run.decode(batch, args.decode_length, beam, lengths)
+                    if not torch.equal(produced, expected):
+                        sys.exit(f"{run.name}: beam {beam}, batch {rows} produced "
+                                 f"{produced.tolist()} tokens, expected {expected.tolist()}")
+                    if repeat == 0:
+                        run.decode_seconds[rows, beam].clear()  # warm-up
+            for run in decoders:
+                speed[run.name, rows, beam] = rows / min(run.decode_seconds[rows, beam])
+    mean = float(pool["lengths"].clamp(max=args.decode_length).float().mean())
+    print(f"\nDecoding (best of {args.decode_repeats}): "
+          + (f"each sentence to its reference length (mean {mean:.1f}, at most "
+             f"{args.decode_length}), then EOS" if reference else
+             f"{args.decode_length} tokens each, EOS banned") + "; sentences/s")
+    print()
+    names = [run.name for run in decoders]
+    labels = {run.name: run.contestant.name for run in decoders}
+    print("| batch | " + " | ".join(f"{labels[n]}, {b}" for b in ("greedy", "beam 4")
+                                    for n in names)
+          + (" | t2t / HF, greedy | t2t / HF, beam 4 |" if len(names) > 1 else " |"))
+    print("|---|" + "---|" * (2 * len(names) + (2 if len(names) > 1 else 0)))
+    for rows in sizes:
+        cells = [f"{speed[n, rows, b]:.1f}" for b in (1, 4) for n in names]
+        if len(names) > 1:
+            cells += [f"{speed[names[0], rows, b] / speed[names[1], rows, b]:.2f}x"
+                      for b in (1, 4)]
+        print(f"| {rows} | " + " | ".join(cells) + " |")
+    if not reference:
         print("\nt2t's decoding, its matrix products alone (the same shapes, nothing else; best "
               f"of {args.decode_repeats}):")
-        for beam in (1, 4):
-            seconds, flops = decode_matmul_seconds(t2t.model, sentences, beam,
-                                                   args.decode_length, device,
-                                                   args.decode_repeats)
-            measured = sentences / rows[0][f"beam{beam}"]
-            print(f"- beam {beam}: {seconds:.3f} s of the {measured:.3f} s a decode took "
-                  f"({flops / seconds / 1e9:.0f} GFLOP/s): at most {sentences / seconds:.1f} "
-                  f"sent/s at this speed, {sentences * peak / flops:.1f} at the matmul peak")
+        for rows in sizes:
+            for beam in (1, 4):
+                seconds, flops = decode_matmul_seconds(t2t.model, rows, beam,
+                                                       args.decode_length, device,
+                                                       args.decode_repeats)
+                measured = rows / speed["t2t", rows, beam]
+                print(f"- batch {rows}, beam {beam}: {seconds:.3f} s of the {measured:.3f} s a "
+                      f"decode took ({flops / seconds / 1e9:.0f} GFLOP/s): at most "
+                      f"{rows / seconds:.1f} sent/s at this speed, {rows * peak / flops:.1f} "
+                      "at the matmul peak")
 
 
 if __name__ == "__main__":
