@@ -120,6 +120,8 @@ def main() -> None:
     parser.add_argument("--max-samples", type=int,
                         help="samples to write per split, for every problem (default: all; "
                              f"rna_design {PROBLEMS['RNA'][3]:,})")
+    parser.add_argument("--generate-only", action="store_true",
+                        help="write the shards, measure nothing (a timed run then reads them)")
     args = parser.parse_args()
     workers = [int(w) for w in args.workers.split(",")]
     device = torch.device(args.device)
@@ -135,6 +137,8 @@ def main() -> None:
         problem = get_problem_class(name)(**options)
         generate(problem, args.data_dir, max_samples=max_samples, progress=False,
                  workers=min(8, os.cpu_count() or 1))
+        if args.generate_only:
+            continue
         problem_dir = open_shards(problem, args.data_dir, {"max_samples": max_samples})
         config = OmegaConf.load(ROOT / "problems" / "configs" / "experiment" / f"{experiment}.yaml")
         max_tokens = int(config.data.max_tokens)
@@ -152,6 +156,8 @@ def main() -> None:
         print(f"{modality}: {args.model} trains {consumed:.0f} samples/s; loader "
               + ", ".join(f"{w} workers {s:.0f}/s" for w, s in delivered.items()), flush=True)
 
+    if args.generate_only:
+        return
     print()
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"Training on {where} ({args.precision}); CPU threads: {torch.get_num_threads()}, "

@@ -35,7 +35,7 @@ def test_the_gpu_suite_writes_every_phase_table_at_tiny_sizes(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "out"
     tables = {path.stem: path.read_text() for path in out.glob("*.md")}
-    assert sorted(tables) == ["decode_base", "modalities", "profile_base", "train_base",
+    assert sorted(tables) == ["data", "decode_base", "modalities", "profile_base", "train_base",
                               "train_big"]
     for name, text in tables.items():
         assert "phase failed" not in text, (name, text[-3000:],
