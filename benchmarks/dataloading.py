@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,12 +68,6 @@ def loader_speed(datamodule: T2TDataModule, seconds: float) -> float:
     return samples / (time.perf_counter() - start)
 
 
-def to(batch, device: torch.device):
-    if isinstance(batch, dict):
-        return {k: to(v, device) for k, v in batch.items()}
-    return batch.to(device, non_blocking=True) if isinstance(batch, torch.Tensor) else batch
-
-
 def training_speed(problem, datamodule: T2TDataModule, steps: int, bottoms: dict, preset: str,
                    device: torch.device, autocast) -> tuple[float, float]:
     """Samples/s and target tokens/s of the model's training steps on batches taken from the
@@ -84,7 +79,7 @@ def training_speed(problem, datamodule: T2TDataModule, steps: int, bottoms: dict
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     batches = []
     for batch in epochs(datamodule):
-        batches.append(to(batch, device))
+        batches.append(move_data_to_device(batch, device))
         if len(batches) == steps + 2:
             break
     samples = tokens = 0

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.apply_func import move_data_to_device
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # problems/, modalities/
 
@@ -134,6 +135,7 @@ class T2T:
 
     def __init__(self, problem, config, device):
         self.model = T2TModel(config, [(problem.inputs, problem.targets)]).to(device)
+        self.vocab_size = problem.targets.vocab_size
         self.lit = T2TLitModule(self.model, [problem], label_smoothing=0.1)
         self.loss = self.lit.loss
 
@@ -153,15 +155,12 @@ class T2T:
         # The cache sized as t2t-decode sizes it (decode.max_length), not to the 30 steps run.
         state = decoder.start(batch["inputs"], batch["inputs_pad"], max(length, 256))
         if lengths is not None:  # each sentence to its own length, then EOS
-            options = {"allowed": ends_at(lengths, VOCAB_SIZE[0]), "max_length": length + 1}
+            options = {"allowed": ends_at(lengths, self.vocab_size), "max_length": length + 1}
         else:  # EOS banned: every hypothesis runs to `length` tokens (BART: min_new_tokens)
             options = {"min_length": length, "max_length": length}
         if beam == 1:
             return decoding.greedy(decoder, state, B, **options)
         return decoding.beam_search(decoder, state, B, beam, **options)[0]
-
-
-VOCAB_SIZE = [0]  # the problem's, set in main
 
 
 def ends_at(lengths: torch.Tensor, vocab_size: int):
@@ -293,11 +292,6 @@ def decode_matmul_seconds(model: T2TModel, rows: int, beam: int, length: int,
     return best, flops
 
 
-def to(batch, device):
-    return {k: to(v, device) if isinstance(v, dict) else v.to(device, non_blocking=True)
-            for k, v in batch.items()}
-
-
 def labels(batch):
     return batch["labels"] if "labels" in batch else add_eos(batch["targets"])
 
@@ -320,7 +314,7 @@ class Run:
 
     def __init__(self, name, contestant, batches, device, autocast):
         self.name, self.contestant, self.device, self.autocast = name, contestant, device, autocast
-        self.batches = [to(b, device) for b in batches]
+        self.batches = [move_data_to_device(b, device) for b in batches]
         self.tokens = [real_tokens(b) for b in batches]
         self.padding = padding(batches)
         self.steps = self.seconds = self.real = 0
@@ -447,7 +441,7 @@ def main() -> None:
     max_tokens = args.max_tokens or 64 * 24  # ~64 Multi30k pairs of ~18 +- 6 tokens
     problem, batches = multi30k_batches(args.data_dir, args.raw_dir, max_tokens, args.max_rows,
                                         args.window, args.batches)
-    vocab_size = VOCAB_SIZE[0] = problem.targets.vocab_size
+    vocab_size = problem.targets.vocab_size
 
     chunk_rows = [int(n) for n in args.loss_chunk_rows.split(",")]
     torch.manual_seed(0)
@@ -552,7 +546,7 @@ def decode(args, decoders, t2t, batches, device, peak) -> None:
     reference = args.decode_lengths == "reference"
     speed = {}  # (contestant, rows, beam) -> sentences/s
     for rows in sizes:
-        batch = to(take(pool, rows), device)
+        batch = move_data_to_device(take(pool, rows), device)
         lengths = batch["lengths"].clamp(max=args.decode_length) if reference else None
         expected = (lengths.cpu() if reference else
                     torch.full((rows,), args.decode_length))

@@ -169,12 +169,12 @@ def _run(
     logits, state = decoder.step(None, state)
     _check_rows(logits, batch_size)
     device = logits.device
-    batch_row = None  # the batch row of each decoded row, where they are not all, in order
-    if rows is not None:
+    requested = None if rows is None else torch.as_tensor(rows, dtype=torch.long, device=device)
+    batch_row = requested  # the batch row of each decoded row, where they are not all, in order
+    if requested is not None:
         # The state's device is only known from the step output: select rows after step one.
-        batch_row = torch.as_tensor(rows, dtype=torch.long, device=device)
-        state = decoder.reorder(state, batch_row)
-        logits = logits.index_select(0, batch_row)
+        state = decoder.reorder(state, requested)
+        logits = logits.index_select(0, requested)
     n = logits.size(0)
     out = torch.full((n, max_length), PAD, dtype=torch.long, device=device)  # every row's ids
     live = torch.arange(n, device=device)  # the rows of `out` in the state, in its order
@@ -199,7 +199,7 @@ def _run(
             going_on = (~done).nonzero().squeeze(1)
             state = decoder.reorder(state, going_on)
             live, token, done = live[going_on], token[going_on], done[going_on]
-            batch_row = live if rows is None else torch.as_tensor(rows, device=device)[live]
+            batch_row = live if requested is None else requested[live]
     return _finish(out)
 
 
